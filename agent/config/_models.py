@@ -1,0 +1,114 @@
+"""The config schema: frozen pydantic models that refuse unknown keys.
+
+Validation happens once, at load; everything downstream receives these objects and
+trusts them. Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+
+from agent.wasm import Limits, Preopen, WasiSpec
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is None or path.is_absolute():
+        return path
+    return (Path(base) / path).resolve()
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeConfig(_Model):
+    id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
+    """The node's name in MQTT topics and status; the host name unless set."""
+    state_dir: ConfigPath = Path("/var/lib/edge-agent")
+    """Where the agent keeps its store, caches and outbox."""
+
+
+class EngineConfig(_Model):
+    kind: Literal["auto", "wasmedge", "wasmtime"] = "auto"
+    wasmedge_lib: ConfigPath | None = None
+    """Exact path of libwasmedge.so; otherwise WASMEDGE_LIB and the usual places."""
+    aot: bool = True
+    """Compile ahead of time on WasmEdge where the library has the compiler."""
+
+
+class LimitsConfig(_Model):
+    memory_pages: int = Field(256, ge=1, le=65536)
+    deadline_ms: int | None = Field(1000, ge=1, le=600_000)
+    fuel: int | None = Field(None, ge=1)
+    max_emit_bytes: int = Field(65536, ge=1, le=16 * 1024 * 1024)
+
+    def to_limits(self) -> Limits:
+        return Limits(self.memory_pages, self.deadline_ms, self.fuel, self.max_emit_bytes)
+
+
+class PreopenConfig(_Model):
+    host: ConfigPath
+    guest: str = Field(pattern=r"^/[^\x00:]*$")
+    """Absolute path inside the module's WASI filesystem."""
+    writable: bool = False
+
+
+class WasiConfig(_Model):
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    dirs: tuple[PreopenConfig, ...] = ()
+
+    def to_spec(self) -> WasiSpec:
+        return WasiSpec(
+            args=self.args,
+            env=tuple(self.env.items()),
+            dirs=tuple(Preopen(d.host, d.guest, d.writable) for d in self.dirs),
+        )
+
+
+class ModuleConfig(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    path: ConfigPath
+    """A local .wasm file."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Handed to the module once per instance, as JSON (`edge_configure`)."""
+    emit: tuple[str, ...] = ("#",)
+    """Topic filters (MQTT wildcards) the module may emit to, relative to the node."""
+    limits: LimitsConfig | None = None
+    """Overrides the agent's default limits for this module."""
+    wasi: WasiConfig = WasiConfig()
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class AgentConfig(_Model):
+    node: NodeConfig = NodeConfig()
+    engine: EngineConfig = EngineConfig()
+    limits: LimitsConfig = LimitsConfig()
+    """Default limits of every module instance."""
+    modules: tuple[ModuleConfig, ...] = ()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_module_names(self) -> AgentConfig:
+        seen: set[str] = set()
+        for module in self.modules:
+            if module.name in seen:
+                raise ValueError(f"module name {module.name!r} is used twice")
+            seen.add(module.name)
+        return self
+
+    def limits_for(self, module: ModuleConfig) -> Limits:
+        return (module.limits or self.limits).to_limits()

@@ -1,0 +1,78 @@
+"""The agent's exception hierarchy.
+
+Every failure the agent reports derives from `AgentError`, so callers that keep the
+daemon alive catch one type. Foreign errors (an engine's trap, a library's exception)
+are converted where they enter the agent, always with `raise ... from err`.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Root of every error edge-agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A config file is missing, unreadable or invalid; the message names file and key."""
+
+
+class EngineUnavailable(AgentError):
+    """The requested Wasm engine cannot be used here (library absent, wrong version)."""
+
+
+class ModuleError(AgentError):
+    """A module failed; `module` names it so logs and status can say which."""
+
+    def __init__(self, module: str, message: str) -> None:
+        super().__init__(f"module {module!r}: {message}")
+        self.module = module
+        self.reason = message
+
+
+class InvalidModule(ModuleError):
+    """The bytes are not a valid WebAssembly module, or not one this ABI can run."""
+
+
+class MissingImport(InvalidModule):
+    """The module imports something the agent does not provide to it."""
+
+
+class ModuleTrap(ModuleError):
+    """The module trapped (unreachable, out-of-bounds access, division by zero, ...)."""
+
+
+class StackExhausted(ModuleTrap):
+    """The module recursed past the engine's call stack limit."""
+
+
+class ModuleTimeout(ModuleError, TimeoutError):
+    """A call ran past its deadline and was interrupted."""
+
+
+class FuelExhausted(ModuleError):
+    """A call used up its instruction budget."""
+
+
+class MemoryLimitExceeded(ModuleError):
+    """The module needed more linear memory than its page cap allows."""
+
+
+class ModuleExit(ModuleError):
+    """The module called WASI `proc_exit`; a reactor must never do that mid-call."""
+
+    def __init__(self, module: str, code: int) -> None:
+        super().__init__(module, f"called proc_exit({code})")
+        self.code = code
+
+
+class CallFailed(ModuleError):
+    """An entry point returned a non-zero error code of the module's own."""
+
+    def __init__(self, module: str, function: str, code: int) -> None:
+        super().__init__(module, f"{function} returned error code {code}")
+        self.function = function
+        self.code = code
+
+
+class EmitRejected(ModuleError):
+    """An emit broke a rule: bad or forbidden topic, oversized payload, bad pointer."""

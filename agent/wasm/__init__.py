@@ -1,0 +1,44 @@
+"""Running WebAssembly modules on WasmEdge or wasmtime behind one interface."""
+
+from agent.wasm._api import (
+    CompiledModule,
+    Engine,
+    GuestMemory,
+    HostFunction,
+    Instance,
+    Limits,
+    ModuleInfo,
+    Preopen,
+    WasiSpec,
+)
+from agent.wasm._guest import (
+    ABI_VERSION,
+    Message,
+    ReactorModule,
+    encode_reading,
+    run_command,
+    topic_allowed,
+    topic_error,
+)
+from agent.wasm._select import EngineChoice, create_engine
+
+__all__ = [
+    "ABI_VERSION",
+    "CompiledModule",
+    "Engine",
+    "EngineChoice",
+    "GuestMemory",
+    "HostFunction",
+    "Instance",
+    "Limits",
+    "Message",
+    "ModuleInfo",
+    "Preopen",
+    "ReactorModule",
+    "WasiSpec",
+    "create_engine",
+    "encode_reading",
+    "run_command",
+    "topic_allowed",
+    "topic_error",
+]

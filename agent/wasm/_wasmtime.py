@@ -1,0 +1,333 @@
+"""The wasmtime engine adapter: the only module that imports `wasmtime`.
+
+Deadlines use epoch interruption driven by one `Ticker` per engine; fuel uses
+wasmtime's fuel metering; the memory cap uses store limits. Compiled code is cached by
+serialization, keyed by module digest, wasmtime version and the engine settings that
+change code generation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as wt_ffi  # pinned (<51): the unchecked call path
+from wasmtime._func import maybe_raise_last_exn
+
+from agent import errors
+from agent.wasm._api import (
+    PAGE_SIZE,
+    CompiledModule,
+    HostFunction,
+    Limits,
+    ModuleInfo,
+    WasiSpec,
+)
+from agent.wasm._cache import CompileCache, cache_key
+from agent.wasm._stackguard import GUARD_VERSION, guarded
+from agent.wasm._ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+_TICK_S = 0.002
+"""Epoch tick: deadlines are enforced to within about two ticks."""
+
+_UNLIMITED_FUEL = 2**62
+_I32 = wasmtime.ValType.i32()
+
+
+class _Memory:
+    """Bounds-checked access to an instance's memory, valid inside and outside calls."""
+
+    def __init__(self, store: Any, memory: wasmtime.Memory) -> None:
+        self._store = store
+        self._memory = memory
+
+    def _span(self, ptr: int, length: int) -> int:
+        size = self._memory.data_len(self._store)
+        if ptr < 0 or length < 0 or ptr + length > size:
+            raise IndexError(f"range {ptr}+{length} is outside the module's {size} bytes")
+        base = ctypes.addressof(self._memory.data_ptr(self._store).contents)
+        return base + ptr
+
+    def read(self, ptr: int, length: int) -> bytes:
+        return ctypes.string_at(self._span(ptr, length), length)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        ctypes.memmove(self._span(ptr, len(data)), data, len(data))
+
+    def pages(self) -> int:
+        return int(self._memory.data_len(self._store)) // PAGE_SIZE
+
+
+def _classify(name: str, err: Exception, deadline_ms: int | None) -> errors.ModuleError:
+    """Turn a wasmtime trap into the agent's error for the same fault."""
+    if isinstance(err, wasmtime.ExitTrap):
+        return errors.ModuleExit(name, err.code)
+    code = getattr(err, "trap_code", None)
+    # The text is a backtrace followed by the cause; the cause is what to report.
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    message = lines[-1].removeprefix("wasm trap: ") if lines else type(err).__name__
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return errors.ModuleTimeout(name, f"missed its deadline of {deadline_ms} ms")
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return errors.FuelExhausted(name, "used up its fuel")
+    if code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return errors.StackExhausted(name, "exhausted the call stack")
+    return errors.ModuleTrap(name, f"trapped: {message}")
+
+
+class _Export:
+    """An exported i32-only function, called through wasmtime's unchecked entry point.
+
+    `Func.__call__` converts every value through `Val` and costs about 25 us; with the
+    signature checked once here, a raw call costs a few.
+    """
+
+    def __init__(self, module: str, name: str, func: wasmtime.Func, store: wasmtime.Store) -> None:
+        ftype = func.type(store)
+        if any(t != _I32 for t in (*ftype.params, *ftype.results)) or len(ftype.results) > 1:
+            raise errors.InvalidModule(
+                module,
+                f"export {name!r} has type {ftype.params} -> {ftype.results}; "
+                "the ABI passes i32 only",
+            )
+        self._func = func._func
+        self._nparams = len(ftype.params)
+        self._has_result = bool(ftype.results)
+        self._raw = (wt_ffi.wasmtime_val_raw_t * max(self._nparams, 1))()
+        self._name = name
+        self._module = module
+
+    def call(self, context: Any, args: tuple[int, ...]) -> int | None:
+        if len(args) != self._nparams:
+            raise errors.ModuleError(
+                self._module, f"{self._name} takes {self._nparams} arguments, given {len(args)}"
+            )
+        raw = self._raw
+        for i, arg in enumerate(args):
+            raw[i].i32 = arg - (1 << 32) if arg >= 1 << 31 else arg
+        trap = ctypes.POINTER(wt_ffi.wasm_trap_t)()
+        error = wt_ffi.wasmtime_func_call_unchecked(
+            context, ctypes.byref(self._func), raw, len(raw), ctypes.byref(trap)
+        )
+        if trap:
+            trap_obj = wasmtime.Trap._from_ptr(trap)
+            maybe_raise_last_exn()  # a host function's own exception comes first
+            raise trap_obj
+        if error:
+            maybe_raise_last_exn()
+            raise wasmtime.WasmtimeError._from_ptr(error)
+        return raw[0].i32 & 0xFFFFFFFF if self._has_result else None
+
+
+class _Instance:
+    def __init__(
+        self,
+        module: WasmtimeModule,
+        store: wasmtime.Store,
+        instance: wasmtime.Instance,
+        limits: Limits,
+        ticker: Ticker,
+    ) -> None:
+        self._module = module
+        self._store: wasmtime.Store | None = store
+        self._limits = limits
+        self._ticker = ticker
+        exports = instance.exports(store)
+        self._funcs: dict[str, _Export] = {}
+        for export_name in module.info.exported_functions:
+            func = exports[export_name]
+            assert isinstance(func, wasmtime.Func)
+            self._funcs[export_name] = _Export(module.name, export_name, func, store)
+        memory = exports.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise errors.InvalidModule(module.name, "exports no memory named 'memory'")
+        self._memory = _Memory(store, memory)
+        self._context = store._context()
+        deadline = limits.deadline_ms
+        self._deadline_ticks = 2**62 if deadline is None else int(deadline / 1000 / _TICK_S) + 2
+        store.set_fuel(_UNLIMITED_FUEL)
+
+    @property
+    def memory(self) -> _Memory:
+        return self._memory
+
+    def call(self, function: str, *args: int) -> int | None:
+        if self._store is None:
+            raise errors.ModuleError(self._module.name, "instance is closed")
+        export = self._funcs.get(function)
+        if export is None:
+            raise errors.InvalidModule(self._module.name, f"exports no function {function!r}")
+        context = self._context
+        if self._limits.fuel is not None:
+            wt_ffi.wasmtime_context_set_fuel(context, self._limits.fuel)
+        wt_ffi.wasmtime_context_set_epoch_deadline(context, self._deadline_ticks)
+        self._ticker.enter()
+        try:
+            return export.call(context, args)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
+            raise _classify(self._module.name, err, self._limits.deadline_ms) from err
+        finally:
+            self._ticker.leave()
+
+    def close(self) -> None:
+        self._store = None
+        self._funcs.clear()
+
+
+class WasmtimeModule:
+    """A compiled module, shared by all its instances."""
+
+    def __init__(self, engine: WasmtimeEngine, module: wasmtime.Module, name: str) -> None:
+        self._engine = engine
+        self._module: wasmtime.Module | None = module
+        self._name = name
+        imports = frozenset((imp.module, imp.name or "") for imp in module.imports)
+        funcs = frozenset(e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType))
+        mems = frozenset(e.name for e in module.exports if isinstance(e.type, wasmtime.MemoryType))
+        self._info = ModuleInfo(imports, funcs, mems)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def info(self) -> ModuleInfo:
+        return self._info
+
+    def instantiate(
+        self, host: Sequence[HostFunction], wasi: WasiSpec, limits: Limits
+    ) -> _Instance:
+        if self._module is None:
+            raise errors.ModuleError(self._name, "module is closed")
+        engine = self._engine.wasmtime_engine
+        store = wasmtime.Store(engine)
+        store.set_limits(memory_size=limits.memory_pages * PAGE_SIZE)
+        store.set_wasi(_wasi_config(self._name, wasi))
+        linker = wasmtime.Linker(engine)
+        linker.define_wasi()
+        for fn in host:
+            linker.define_func(fn.module, fn.name, _functype(fn), _adapt(fn), access_caller=True)
+        try:
+            instance = linker.instantiate(store, self._module)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
+            raise _instantiation_error(self._name, err, limits) from err
+        return _Instance(self, store, instance, limits, self._engine.ticker)
+
+    def close(self) -> None:
+        self._module = None
+
+
+def _instantiation_error(name: str, err: Exception, limits: Limits) -> errors.ModuleError:
+    text = str(err)
+    if "unknown import" in text:
+        return errors.MissingImport(name, text.splitlines()[0])
+    if "memory" in text and ("limit" in text or "minimum" in text):
+        return errors.MemoryLimitExceeded(
+            name, f"needs more memory than its cap of {limits.memory_pages} pages"
+        )
+    return _classify(name, err, limits.deadline_ms)
+
+
+def _functype(fn: HostFunction) -> wasmtime.FuncType:
+    return wasmtime.FuncType([_I32] * fn.params, [_I32] if fn.returns_value else [])
+
+
+def _adapt(fn: HostFunction) -> Any:
+    """Bind a host function to the calling instance's memory, looked up per call."""
+    func = fn.func
+
+    def call(caller: wasmtime.Caller, *args: int) -> int | None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise errors.InvalidModule("?", "host function called without an exported memory")
+        result = func(_Memory(caller, memory), *(a & 0xFFFFFFFF for a in args))
+        if result is None or not fn.returns_value:
+            return result
+        return result - (1 << 32) if result >= 1 << 31 else result
+
+    return call
+
+
+def _wasi_config(name: str, spec: WasiSpec) -> wasmtime.WasiConfig:
+    config = wasmtime.WasiConfig()
+    config.argv = [name, *spec.args]
+    config.env = [list(pair) for pair in spec.env]
+    for d in spec.dirs:
+        config.preopen_dir(str(d.host), d.guest, fs_mutable=d.writable)
+    if spec.stdin:
+        # wasmtime reads stdin from a file it opens now; the name can go at once.
+        fd, path = tempfile.mkstemp(prefix="edge-stdin-")
+        try:
+            os.write(fd, spec.stdin)
+            config.stdin_file = path
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    sink = spec.output
+    if sink is not None:
+        config.stdout_custom = lambda data: sink("stdout", data)
+        config.stderr_custom = lambda data: sink("stderr", data)
+    return config
+
+
+class WasmtimeEngine:
+    """wasmtime with Cranelift, fuel metering and epoch deadlines."""
+
+    def __init__(self, cache_dir: Path | None = None) -> None:
+        config = wasmtime.Config()
+        config.consume_fuel = True
+        config.epoch_interruption = True
+        config.cranelift_opt_level = "speed"
+        self.wasmtime_engine = wasmtime.Engine(config)
+        self._settings = "fuel=1,epoch=1,opt=speed"
+        self._cache = CompileCache(cache_dir) if cache_dir else None
+        self.ticker = Ticker("wasmtime-epoch", _TICK_S, self.wasmtime_engine.increment_epoch)
+
+    @property
+    def name(self) -> str:
+        return "wasmtime"
+
+    @property
+    def version(self) -> str:
+        return wasmtime_version()
+
+    @property
+    def mode(self) -> str:
+        return "cranelift"
+
+    def compile(self, wasm: bytes, name: str) -> CompiledModule:
+        digest = hashlib.sha256(wasm).hexdigest()
+        key = cache_key(digest, "wasmtime", self.version, self._settings, GUARD_VERSION)
+        if self._cache is not None:
+            artifact = self._cache.get(key)
+            if artifact is not None:
+                module = wasmtime.Module.deserialize(self.wasmtime_engine, artifact)
+                return WasmtimeModule(self, module, name)
+        try:
+            module = wasmtime.Module(self.wasmtime_engine, guarded(wasm, name))
+        except wasmtime.WasmtimeError as err:
+            reason = str(err).splitlines()[0]
+            raise errors.InvalidModule(
+                name, f"is not a valid WebAssembly module: {reason}"
+            ) from err
+        if self._cache is not None:
+            self._cache.put(key, bytes(module.serialize()))
+        return WasmtimeModule(self, module, name)
+
+    def close(self) -> None:
+        self.ticker.close()
+
+
+def wasmtime_version() -> str:
+    from importlib.metadata import version  # noqa: PLC0415 - only needed for reports
+
+    return version("wasmtime")

@@ -1,0 +1,501 @@
+"""The WasmEdge engine adapter, on our own ctypes binding.
+
+A compiled module is a parsed and validated AST (with native code when AOT-compiled),
+shared by its instances; each instance is a VM of its own, so its memory cap, WASI
+context and statistics are its own. Fuel is WasmEdge's cost limit, cleared before
+each call. WasmEdge's result codes become the agent's errors in `_call_error` (and
+`_instantiation_error` while linking), and only there.
+
+Deadlines: `VMAsyncExecute` starts a thread per call (about 45 us), more than a whole
+AOT-compiled call. Calls therefore run synchronously, and a watchdog stops an overrunning
+VM through a cancel handle made once per instance: cancelling any `WasmEdge_Async` of a
+VM sets that VM's stop token, which the running code checks at calls and branches.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import errors
+from agent.wasm._api import (
+    CompiledModule,
+    HostFunction,
+    Limits,
+    ModuleInfo,
+    WasiSpec,
+)
+from agent.wasm._cache import CompileCache, cache_key
+from agent.wasm._stackguard import GUARD_VERSION, guarded, memory_minimum
+from agent.wasm._ticker import Ticker
+from agent.wasm.wasmedge import _ffi, _handles
+from agent.wasm.wasmedge._callbacks import ErrorSlot, FrameMemory, register, unregister
+
+log = logging.getLogger(__name__)
+
+_NO_LIMIT = 2**63
+_INTERNAL = "edge_agent_internal"
+"""A host module of our own in every VM; its `nop` clears a stop token left behind."""
+
+
+def _nop(_memory: object) -> None:
+    """The body of `edge_agent_internal.nop`; entering it consumes a stale stop token."""
+
+
+class _Watchdog:
+    """Stops VMs whose synchronous call runs past its deadline."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[Any]] = {}
+        self._lock = threading.Lock()
+        self._ticker = Ticker("wasmedge-deadline", 0.002, self._check)
+
+    def start(self, key: int, deadline_ms: int, stop: Callable[[], None]) -> None:
+        with self._lock:
+            self._calls[key] = [time.monotonic() + deadline_ms / 1000, stop, False]
+        self._ticker.enter()
+
+    def finish(self, key: int) -> bool:
+        """End the watch; True when the watchdog stopped the VM."""
+        with self._lock:
+            fired = bool(self._calls.pop(key)[2])
+        self._ticker.leave()
+        return fired
+
+    def _check(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for call in self._calls.values():
+                if not call[2] and now >= call[0]:
+                    call[2] = True
+                    call[1]()
+
+    def close(self) -> None:
+        self._ticker.close()
+
+
+class WasmEdgeEngine:
+    """WasmEdge through libwasmedge: AOT where the library has the compiler."""
+
+    def __init__(self, path: Path, *, cache_dir: Path | None = None, aot: bool = True) -> None:
+        self.lib = _ffi.load(path)
+        self._aot = aot and self.lib.has_compiler
+        self._cache = CompileCache(cache_dir) if cache_dir else None
+        self.watchdog = _Watchdog()
+
+    @property
+    def name(self) -> str:
+        return "wasmedge"
+
+    @property
+    def version(self) -> str:
+        return str(self.lib.version)
+
+    @property
+    def mode(self) -> str:
+        return "aot" if self._aot else "interpreter"
+
+    def configure(self, limits: Limits | None = None) -> _handles.Configure:
+        """A configure context for this engine's mode, with the instance's limits."""
+        conf = _handles.Configure(self.lib)
+        c = self.lib.cdll
+        c.WasmEdge_ConfigureAddHostRegistration(conf.ptr, _ffi.HOST_REG_WASI)
+        # Cost measuring is always on so that AOT code, which must be compiled
+        # with metering, and interpreted code accept the same per-call fuel.
+        c.WasmEdge_ConfigureStatisticsSetInstructionCounting(conf.ptr, True)
+        c.WasmEdge_ConfigureStatisticsSetCostMeasuring(conf.ptr, True)
+        if self._aot:
+            c.WasmEdge_ConfigureCompilerSetOptimizationLevel(conf.ptr, _ffi.OPT_O2)
+            c.WasmEdge_ConfigureCompilerSetOutputFormat(conf.ptr, _ffi.OUTPUT_FORMAT_WASM)
+            c.WasmEdge_ConfigureCompilerSetInterruptible(conf.ptr, True)
+            if "WasmEdge_ConfigureSetRunMode" in self.lib.optional:
+                c.WasmEdge_ConfigureSetRunMode(conf.ptr, _ffi.RUN_MODE_AOT)
+        else:
+            c.WasmEdge_ConfigureSetForceInterpreter(conf.ptr, True)
+        if limits is not None:
+            c.WasmEdge_ConfigureSetMaxMemoryPage(conf.ptr, limits.memory_pages)
+        return conf
+
+    def compile(self, wasm: bytes, name: str) -> CompiledModule:
+        code = self._aot_compile(wasm, name) if self._aot else guarded(wasm, name)
+        ast = self._parse(code, name)
+        try:
+            with self.configure() as conf, _handles.Validator(self.lib, conf) as validator:
+                result = self.lib.cdll.WasmEdge_ValidatorValidate(validator.ptr, ast.ptr)
+            if result:
+                raise errors.InvalidModule(
+                    name, f"is not a valid WebAssembly module: {self.lib.message(result)}"
+                )
+            return WasmEdgeModule(self, ast, name, memory_minimum(wasm))
+        except BaseException:
+            ast.close()
+            raise
+
+    def _parse(self, code: bytes, name: str) -> _handles.ASTModule:
+        out = ctypes.c_void_p()
+        data, keep = _ffi.bytes_of(code)
+        with self.configure() as conf, _handles.Loader(self.lib, conf) as loader:
+            result = self.lib.cdll.WasmEdge_LoaderParseFromBytes(
+                loader.ptr, ctypes.byref(out), data
+            )
+        del keep
+        if result or not out.value:
+            raise errors.InvalidModule(
+                name, f"is not a valid WebAssembly module: {self.lib.message(result)}"
+            )
+        return _handles.ASTModule(self.lib, out.value)
+
+    def _aot_compile(self, wasm: bytes, name: str) -> bytes:
+        """The module with native code in a custom section, from the cache if there."""
+        digest = hashlib.sha256(wasm).hexdigest()
+        key = cache_key(
+            digest, "wasmedge", self.version, "aot-O2-interruptible-metered", GUARD_VERSION
+        )
+        if self._cache is not None:
+            cached = self._cache.get(key)
+            if cached is not None:
+                return cached
+        # Compiling also validates; a malformed module fails here with the loader's word.
+        with tempfile.TemporaryDirectory(prefix="edge-aot-") as tmp:
+            out = Path(tmp) / "module.wasm"
+            data, keep = _ffi.bytes_of(guarded(wasm, name))
+            with self.configure() as conf, _handles.Compiler(self.lib, conf) as compiler:
+                result = self.lib.cdll.WasmEdge_CompilerCompileFromBytes(
+                    compiler.ptr, data, str(out).encode()
+                )
+            del keep
+            if result:
+                raise errors.InvalidModule(
+                    name, f"is not a valid WebAssembly module: {self.lib.message(result)}"
+                )
+            artifact = out.read_bytes()
+        if self._cache is not None:
+            self._cache.put(key, artifact)
+        return artifact
+
+    def close(self) -> None:
+        """Stop the watchdog; the library stays loaded, as a process cannot unload it safely."""
+        self.watchdog.close()
+
+
+class WasmEdgeModule:
+    """A validated AST module; instances load it into VMs of their own."""
+
+    def __init__(
+        self, engine: WasmEdgeEngine, ast: _handles.ASTModule, name: str, min_pages: int
+    ) -> None:
+        self._engine = engine
+        self._min_pages = min_pages
+        self._ast = ast
+        self._name = name
+        self._info, self._returns = _describe(engine.lib, ast)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def info(self) -> ModuleInfo:
+        return self._info
+
+    def instantiate(
+        self, host: Sequence[HostFunction], wasi: WasiSpec, limits: Limits
+    ) -> _Instance:
+        if self._min_pages > limits.memory_pages:
+            # WasmEdge would shrink the declared minimum to the cap and run anyway.
+            raise errors.MemoryLimitExceeded(
+                self._name, f"needs more memory than its cap of {limits.memory_pages} pages"
+            )
+        return _Instance(self._engine, self, self._ast, host, wasi, limits, self._returns)
+
+    def close(self) -> None:
+        self._ast.close()
+
+
+def _describe(lib: _ffi.Library, ast: _handles.ASTModule) -> tuple[ModuleInfo, dict[str, int]]:
+    """Imports, exports and each exported function's result count, from the AST."""
+    c = lib.cdll
+    n = c.WasmEdge_ASTModuleListImportsLength(ast.ptr)
+    items = (ctypes.c_void_p * max(n, 1))()
+    c.WasmEdge_ASTModuleListImports(ast.ptr, items, n)
+    imports = frozenset(
+        (
+            _ffi.read_string(c.WasmEdge_ImportTypeGetModuleName(items[i])),
+            _ffi.read_string(c.WasmEdge_ImportTypeGetExternalName(items[i])),
+        )
+        for i in range(n)
+    )
+    n = c.WasmEdge_ASTModuleListExportsLength(ast.ptr)
+    items = (ctypes.c_void_p * max(n, 1))()
+    c.WasmEdge_ASTModuleListExports(ast.ptr, items, n)
+    returns: dict[str, int] = {}
+    memories: set[str] = set()
+    for i in range(n):
+        kind = c.WasmEdge_ExportTypeGetExternalType(items[i])
+        export = _ffi.read_string(c.WasmEdge_ExportTypeGetExternalName(items[i]))
+        if kind == _ffi.EXTERNAL_FUNCTION:
+            ftype = c.WasmEdge_ExportTypeGetFunctionType(ast.ptr, items[i])
+            returns[export] = c.WasmEdge_FunctionTypeGetReturnsLength(ftype)
+        elif kind == _ffi.EXTERNAL_MEMORY:
+            memories.add(export)
+    return ModuleInfo(imports, frozenset(returns), frozenset(memories)), returns
+
+
+class _Stdio:
+    """The instance's stdin, stdout and stderr as files we can read back after a call."""
+
+    def __init__(self, stdin: bytes) -> None:
+        self._read_at = {1: 0, 2: 0}
+        stdin_fd = os.memfd_create("edge-stdin")
+        os.write(stdin_fd, stdin)
+        os.lseek(stdin_fd, 0, os.SEEK_SET)
+        self.fds = [stdin_fd, os.memfd_create("edge-stdout"), os.memfd_create("edge-stderr")]
+        self.given: list[int] = []
+
+    def give(self) -> list[int]:
+        """Copies for WasmEdge, which may or may not close what it is given."""
+        self.given = [os.dup(fd) for fd in self.fds]
+        return self.given
+
+    def drain(self) -> list[tuple[str, bytes]]:
+        out = []
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            size = os.fstat(self.fds[fd]).st_size
+            if size > self._read_at[fd]:
+                out.append(
+                    (stream, os.pread(self.fds[fd], size - self._read_at[fd], self._read_at[fd]))
+                )
+                self._read_at[fd] = size
+        return out
+
+    def close(self) -> None:
+        """Close ours, and the copies WasmEdge left open (0.17 leaves them)."""
+        for mine, given in zip(self.fds, self.given, strict=False):
+            try:
+                if os.path.samestat(os.fstat(mine), os.fstat(given)):
+                    os.close(given)
+            except OSError:
+                pass  # WasmEdge closed it already
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.given = []
+
+
+class _Instance:
+    def __init__(
+        self,
+        engine: WasmEdgeEngine,
+        module: WasmEdgeModule,
+        ast: _handles.ASTModule,
+        host: Sequence[HostFunction],
+        wasi: WasiSpec,
+        limits: Limits,
+        returns: dict[str, int],
+    ) -> None:
+        self._lib = lib = engine.lib
+        self._watchdog = engine.watchdog
+        self._name = module.name
+        self._limits = limits
+        self._returns = returns
+        self._slot = ErrorSlot()
+        self._keys: list[int] = []
+        self._stdio: _Stdio | None = None
+        self._output = wasi.output
+        self._names: dict[str, tuple[_ffi.String, bytes]] = {}
+        self._canceller: _handles.Async | None = None
+        self._vm = _handles.VM(lib, engine.configure(limits))
+        try:
+            self._setup(
+                [*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)],
+                wasi,
+                ast,
+                module.info.imports,
+            )
+            self._canceller = self._make_canceller()
+        except BaseException:
+            self.close()
+            raise
+        self._stats = lib.cdll.WasmEdge_VMGetStatisticsContext(self._vm.ptr)
+        active = lib.cdll.WasmEdge_VMGetActiveModule(self._vm.ptr)
+        name, keep = _ffi.string("memory")
+        memory = lib.cdll.WasmEdge_ModuleInstanceFindMemory(active, name)
+        del keep
+        self._memory = FrameMemory(lib, memory or 0)
+
+    def _setup(
+        self,
+        host: Sequence[HostFunction],
+        wasi: WasiSpec,
+        ast: _handles.ASTModule,
+        ast_imports: frozenset[tuple[str, str]],
+    ) -> None:
+        lib, c, vm = self._lib, self._lib.cdll, self._vm
+        by_module: dict[str, list[HostFunction]] = {}
+        for fn in host:
+            by_module.setdefault(fn.module, []).append(fn)
+        for module_name, fns in by_module.items():
+            hm = _handles.HostModule(lib, module_name)
+            for fn in fns:
+                key = register(lib, fn.func, fn.params, fn.returns_value, self._slot)
+                self._keys.append(key)
+                hm.add_function(fn.name, fn.params, int(fn.returns_value), key)
+            if result := vm.register(hm):
+                raise errors.InvalidModule(
+                    self._name,
+                    f"cannot register host module {module_name!r}: {lib.message(result)}",
+                )
+        self._init_wasi(wasi)
+        self._provided = {(fn.module, fn.name) for fn in host}
+        self._imports = ast_imports
+        result = (
+            c.WasmEdge_VMLoadWasmFromASTModule(vm.ptr, ast.ptr)
+            or c.WasmEdge_VMValidate(vm.ptr)
+            or c.WasmEdge_VMInstantiate(vm.ptr)
+        )
+        if result:
+            raise self._instantiation_error(result)
+
+    def _make_canceller(self) -> _handles.Async:
+        """An Async bound to this VM, finished at once, kept only to cancel with."""
+        name, keep = _ffi.string("\0edge-agent-canceller")
+        job = _handles.Async(
+            self._lib, self._lib.cdll.WasmEdge_VMAsyncExecute(self._vm.ptr, name, None, 0), self._vm
+        )
+        del keep
+        self._lib.cdll.WasmEdge_AsyncWait(job.ptr)
+        return job
+
+    def _stop(self) -> None:
+        if self._canceller is not None:
+            self._lib.cdll.WasmEdge_AsyncCancel(self._canceller.ptr)
+
+    def _clear_stop(self) -> None:
+        """Consume a stop token that arrived after the call had already finished."""
+        module, keep_m = _ffi.string(_INTERNAL)
+        func, keep_f = _ffi.string("nop")
+        self._lib.cdll.WasmEdge_VMExecuteRegistered(self._vm.ptr, module, func, None, 0, None, 0)
+        del keep_m, keep_f
+
+    def _init_wasi(self, wasi: WasiSpec) -> None:
+        c = self._lib.cdll
+        module = c.WasmEdge_VMGetImportModuleContext(self._vm.ptr, _ffi.HOST_REG_WASI)
+        args, keep_a = _handles.c_strings([self._name, *wasi.args])
+        envs, keep_e = _handles.c_strings([f"{k}={v}" for k, v in wasi.env])
+        dirs, keep_d = _handles.c_strings(
+            [f"{d.guest}:{d.host}" + ("" if d.writable else ":readonly") for d in wasi.dirs]
+        )
+        counts = (len(keep_a), len(keep_e), len(keep_d))
+        if "WasmEdge_ModuleInstanceInitWASIWithFds" in self._lib.optional:
+            self._stdio = _Stdio(wasi.stdin)
+            c.WasmEdge_ModuleInstanceInitWASIWithFds(
+                module, args, counts[0], envs, counts[1], dirs, counts[2], *self._stdio.give()
+            )
+        elif wasi.stdin:
+            raise errors.EngineUnavailable(
+                f"WasmEdge {self._lib.version} cannot give a module its own stdin (0.16 can)"
+            )
+        else:
+            c.WasmEdge_ModuleInstanceInitWASI(
+                module, args, counts[0], envs, counts[1], dirs, counts[2]
+            )
+
+    def _instantiation_error(self, result: int) -> errors.ModuleError:
+        code = result & 0xFFFFFF
+        message = self._lib.message(result)
+        if code in (_ffi.UNKNOWN_IMPORT, _ffi.INCOMPATIBLE_IMPORT):
+            missing = sorted(
+                f"{m}.{n}"
+                for m, n in self._imports
+                if m != "wasi_snapshot_preview1" and (m, n) not in self._provided
+            )
+            return errors.MissingImport(self._name, f"cannot be linked ({message}): {missing}")
+        if "memory" in message or "limit" in message:
+            return errors.MemoryLimitExceeded(
+                self._name, f"needs more memory than its cap of {self._limits.memory_pages} pages"
+            )
+        return self._call_error(result)
+
+    @property
+    def memory(self) -> FrameMemory:
+        return self._memory
+
+    def call(self, function: str, *args: int) -> int | None:
+        vm = self._vm.ptr
+        c = self._lib.cdll
+        nret = self._returns.get(function)
+        if nret is None:
+            raise errors.InvalidModule(self._name, f"exports no function {function!r}")
+        name = self._names.get(function)
+        if name is None:
+            name = self._names[function] = _ffi.string(function)
+        params = (_ffi.Value * max(len(args), 1))()
+        i32 = _ffi.i32_type()
+        for i, arg in enumerate(args):
+            params[i].Value[0] = arg & 0xFFFFFFFF
+            params[i].Type = i32
+        returns = (_ffi.Value * max(nret, 1))()
+        c.WasmEdge_StatisticsClear(self._stats)
+        c.WasmEdge_StatisticsSetCostLimit(
+            self._stats, self._limits.fuel if self._limits.fuel is not None else _NO_LIMIT
+        )
+        deadline = self._limits.deadline_ms
+        if deadline is not None:
+            self._watchdog.start(id(self), deadline, self._stop)
+        try:
+            result = c.WasmEdge_VMExecute(vm, name[0], params, len(args), returns, nret)
+        finally:
+            fired = deadline is not None and self._watchdog.finish(id(self))
+            if fired and result & 0xFFFFFF != _ffi.INTERRUPTED:
+                self._clear_stop()
+            self._flush_output()
+        error = self._slot.take()
+        if error is not None:
+            raise error
+        if result:
+            raise self._call_error(result)
+        return int(returns[0].Value[0] & 0xFFFFFFFF) if nret else None
+
+    def _call_error(self, result: int) -> errors.ModuleError:
+        code = result & 0xFFFFFF
+        if code == _ffi.TERMINATED and not result >> 24:
+            wasi = self._lib.cdll.WasmEdge_VMGetImportModuleContext(
+                self._vm.ptr, _ffi.HOST_REG_WASI
+            )
+            return errors.ModuleExit(
+                self._name, self._lib.cdll.WasmEdge_ModuleInstanceWASIGetExitCode(wasi)
+            )
+        if code == _ffi.COST_LIMIT_EXCEEDED:
+            return errors.FuelExhausted(self._name, "used up its fuel")
+        if code == _ffi.INTERRUPTED:
+            return errors.ModuleTimeout(
+                self._name, f"missed its deadline of {self._limits.deadline_ms} ms"
+            )
+        if code == _ffi.FUNC_NOT_FOUND:
+            return errors.InvalidModule(self._name, "called a function it does not export")
+        return errors.ModuleTrap(self._name, f"trapped: {self._lib.message(result)}")
+
+    def _flush_output(self) -> None:
+        if self._stdio is None or self._output is None:
+            return
+        for stream, data in self._stdio.drain():
+            self._output(stream, data)
+
+    def close(self) -> None:
+        if self._canceller is not None:
+            self._canceller.close()
+            self._canceller = None
+        self._vm.close()
+        unregister(self._keys)
+        self._keys = []
+        if self._stdio is not None:
+            self._stdio.close()
+            self._stdio = None

@@ -1,0 +1,238 @@
+"""Conformance: the guest modules give the same output, and faults the same errors,
+on every available engine."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+from typing import Any
+
+import pytest
+import wasmtime
+
+from agent import errors
+from agent.reading import Reading, Series, Value
+from agent.wasm import Engine, Limits, Message, ReactorModule, WasiSpec, create_engine, run_command
+
+from .conftest import module_bytes
+
+
+def pump_readings(n: int, samples: int = 1000, seed: int = 7) -> list[Reading]:
+    rng = random.Random(seed)
+    out = []
+    for seq in range(n):
+        vibration = [math.sin(j / 9) * 0.4 + rng.gauss(0, 0.05) for j in range(samples)]
+        out.append(
+            Reading(
+                device="pump-1",
+                ts=1764118800.0 + seq,
+                seq=seq,
+                values={
+                    "temperature": Value(600 + rng.uniform(-20, 20), "degC"),
+                    "pressure": Value(2.0 + rng.uniform(-0.5, 0.5), "bar"),
+                    "running": Value(True),
+                    "model": Value("P-200"),
+                },
+                series={"vibration": Series.pack("f32", vibration, unit="g")},
+            )
+        )
+    return out
+
+
+def run(
+    engine: Engine,
+    name: str,
+    config: dict[str, Any],
+    readings: list[Reading],
+    limits: Limits | None = None,
+) -> list[Message]:
+    module = ReactorModule(engine.compile(module_bytes(name), name), config, limits=limits)
+    try:
+        return [m for r in readings for m in module.on_reading(r)]
+    finally:
+        module.close()
+
+
+def payloads(messages: list[Message]) -> list[Any]:
+    return [m.to_json()["payload"] for m in messages]
+
+
+def test_window_stats_computes_the_window(engine: Engine) -> None:
+    readings = pump_readings(6, samples=300)
+    out = payloads(run(engine, "window-stats", {"window": 500, "every": 3}, readings))
+    assert [p["seq"] for p in out] == [2, 5]
+    last = out[-1]["channels"]
+    # The window holds the last 500 vibration samples: readings 4 and 5, and 200 of 3.
+    samples = [v for r in readings[3:] for v in r.series["vibration"].values()][-500:]
+    assert last["vibration"]["n"] == 500
+    assert last["vibration"]["mean"] == pytest.approx(statistics.fmean(samples), rel=1e-9)
+    assert last["vibration"]["std"] == pytest.approx(statistics.pstdev(samples), rel=1e-9)
+    assert last["vibration"]["min"] == min(samples)
+    assert last["vibration"]["max"] == max(samples)
+    rms = math.sqrt(statistics.fmean(v * v for v in samples))
+    assert last["vibration"]["rms"] == pytest.approx(rms, rel=1e-9)
+    temps = [r.values["temperature"].value for r in readings]
+    assert last["temperature"]["n"] == 6
+    assert last["temperature"]["mean"] == pytest.approx(statistics.fmean(temps))  # type: ignore[arg-type]
+    assert set(last) == {"vibration", "temperature", "pressure"}
+
+
+def test_scale_converts_and_clamps(engine: Engine) -> None:
+    reading = Reading(
+        "pump-1",
+        1.0,
+        0,
+        {
+            "temperature": Value(1000, "degC"),
+            "pressure": Value(2.0, "bar"),
+            "running": Value(True),
+        },
+    )
+    config = {
+        "channels": {
+            "temperature": {"scale": 0.1, "to": "degF"},
+            "pressure": {"to": "kPa", "max": 150},
+        }
+    }
+    (message,) = run(engine, "scale", config, [reading])
+    values = message.to_json()["payload"]["values"]
+    assert message.topic == "scaled"
+    assert values["temperature"] == {
+        "value": pytest.approx(212.0),
+        "unit": "degF",
+        "quality": "good",
+    }
+    assert values["pressure"] == {"value": 150, "unit": "kPa", "quality": "uncertain"}
+    assert values["running"]["value"] is True
+
+
+def test_every_engine_gives_the_same_bytes(engine: Engine, engine_name: str) -> None:
+    readings = pump_readings(5)
+    reference = create_engine("wasmtime")
+    try:
+        for name, config in [
+            ("window-stats", {"window": 700, "every": 2}),
+            ("scale", {"channels": {"temperature": {"scale": 0.5, "offset": -3, "to": "K"}}}),
+        ]:
+            expected = run(reference, name, config, readings)
+            assert expected, name
+            assert run(engine, name, config, readings) == expected, (name, engine_name)
+    finally:
+        reference.close()
+
+
+def test_command_module_reads_stdin_and_writes_stdout(engine: Engine) -> None:
+    compiled = engine.compile(module_bytes("echo-cmd"), "echo-cmd")
+    messages = run_command(compiled, pump_readings(3, samples=50))
+    assert [m.topic for m in messages] == ["out"] * 3
+    assert payloads(messages)[2] == {
+        "device": "pump-1",
+        "seq": 2,
+        "values": 4,
+        "series": 1,
+        "samples": 50,
+    }
+
+
+FAULTS = [
+    ("trap", Limits(), errors.ModuleTrap, "unreachable"),
+    ("oob", Limits(), errors.ModuleTrap, "out of bounds"),
+    ("loop", Limits(deadline_ms=100), errors.ModuleTimeout, "deadline of 100 ms"),
+    ("loop", Limits(deadline_ms=None, fuel=5_000_000), errors.FuelExhausted, "fuel"),
+    ("bomb", Limits(memory_pages=40), errors.MemoryLimitExceeded, "cap of 40 pages"),
+    ("recurse", Limits(), errors.StackExhausted, "deeper than 5000 calls"),
+    ("exit", Limits(), errors.ModuleExit, "proc_exit(3)"),
+    ("big_emit", Limits(), errors.EmitRejected, "the limit is 65536"),
+    ("bad_topic", Limits(), errors.EmitRejected, "'a/#'"),
+    ("error_code", Limits(), errors.CallFailed, "returned error code 7"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "limits", "error", "text"), FAULTS, ids=[f"{f[0]}-{f[2].__name__}" for f in FAULTS]
+)
+def test_faults_are_contained(
+    engine: Engine, fault: str, limits: Limits, error: type[errors.ModuleError], text: str
+) -> None:
+    bad = ReactorModule(
+        engine.compile(module_bytes("faulty"), "faulty"), {"fault": fault}, limits=limits
+    )
+    good = ReactorModule(engine.compile(module_bytes("faulty"), "healthy"), {"fault": "none"})
+    reading = pump_readings(1, samples=10)[0]
+    try:
+        for _ in range(2):  # the instance is replaced after a fault and faults again
+            with pytest.raises(error) as caught:
+                bad.on_reading(reading)
+            assert type(caught.value) is error
+            assert caught.value.module == "faulty"
+            assert text in str(caught.value)
+            (message,) = good.on_reading(reading)
+            assert message == Message("echo", b'{"seq":0}')
+    finally:
+        bad.close()
+        good.close()
+
+
+def test_module_logs_and_stdio_reach_the_agent_log(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agent.module")
+    reading = pump_readings(1, samples=1)[0]
+    for fault in ("log", "stdout"):
+        module = ReactorModule(engine.compile(module_bytes("faulty"), "faulty"), {"fault": fault})
+        try:
+            assert module.on_reading(reading) == [Message("echo", b'{"seq":0}')]
+        finally:
+            module.close()
+    records = [(r.name, r.levelno) for r in caplog.records]
+    assert ("agent.module.faulty", logging.DEBUG) in records
+    assert ("agent.module.faulty", logging.ERROR) in records
+    texts = [r.getMessage() for r in caplog.records if r.name == "agent.module.faulty"]
+    assert any(t.startswith("stdout: ") for t in texts)
+    assert any(t.startswith("stderr: ") for t in texts)
+
+
+def wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
+@pytest.mark.parametrize(
+    ("wasm", "error", "text"),
+    [
+        (b"\0asm\x01\0\0\0\xff\xff", errors.InvalidModule, "not a valid WebAssembly module"),
+        (b"MZ\x90\x00 not wasm", errors.InvalidModule, "not a valid WebAssembly module"),
+        (wat("(module (func (result i32) i64.const 0))"), errors.InvalidModule, "not a valid"),
+    ],
+    ids=["truncated", "not-wasm", "type-error"],
+)
+def test_malformed_modules_are_refused(
+    engine: Engine, wasm: bytes, error: type[errors.ModuleError], text: str
+) -> None:
+    with pytest.raises(error, match=text):
+        engine.compile(wasm, "broken")
+
+
+def test_missing_import_is_refused_before_running(engine: Engine) -> None:
+    module = wat(
+        '(module (import "env" "launch_missiles" (func)) (memory (export "memory") 1)'
+        ' (func (export "_start")))'
+    )
+    compiled = engine.compile(module, "m")
+    with pytest.raises(errors.MissingImport, match=r"env\.launch_missiles"):
+        run_command(compiled, [])
+    with pytest.raises(errors.MissingImport, match="launch_missiles"):
+        compiled.instantiate((), WasiSpec(), Limits())
+
+
+def test_module_that_is_not_a_reactor_is_refused(engine: Engine) -> None:
+    compiled = engine.compile(wat('(module (memory (export "memory") 1))'), "m")
+    with pytest.raises(errors.InvalidModule, match="does not export"):
+        ReactorModule(compiled)
+
+
+def test_memory_above_the_cap_fails_instantiation(engine: Engine) -> None:
+    compiled = engine.compile(wat('(module (memory (export "memory") 100))'), "big")
+    with pytest.raises(errors.MemoryLimitExceeded, match="cap of 10 pages"):
+        compiled.instantiate((), WasiSpec(), Limits(memory_pages=10))
