@@ -33,6 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error, and no traceback.
+        sys.stderr.close()
+        return 0
 
 
 def _parser() -> argparse.ArgumentParser:
