@@ -209,6 +209,7 @@ class ReactorModule:
         check_imports(compiled, self._host)
         self._pending: list[Message] = []
         self._instance: Instance | None = None
+        self._buffer = (0, 0)
         self._closed = False
         self.restart()
 
@@ -218,6 +219,7 @@ class ReactorModule:
         self._closed = False
         instance = self._compiled.instantiate(self._host, self._wasi, self._limits)
         self._instance = instance
+        self._buffer = (0, 0)  # (pointer, size) of the input buffer from edge_alloc
         try:
             if "_initialize" in self._compiled.info.exported_functions:
                 self._call("_initialize")
@@ -244,9 +246,12 @@ class ReactorModule:
         assert instance is not None
         bin_at = len(doc) + (-len(doc) % 8)
         total = bin_at + len(blob)
-        ptr = self._call("edge_alloc", total)
-        if not ptr:
-            raise errors.MemoryLimitExceeded(self.name, f"edge_alloc({total}) returned 0")
+        ptr, capacity = self._buffer
+        if total > capacity:
+            ptr = self._call("edge_alloc", total)
+            if not ptr:
+                raise errors.MemoryLimitExceeded(self.name, f"edge_alloc({total}) returned 0")
+            self._buffer = (ptr, total)
         instance.memory.write(ptr, doc)
         if blob:
             instance.memory.write(ptr + bin_at, blob)

@@ -742,6 +742,23 @@ void edge_jw_number(edge_jw *w, double v)
     put(w, buf, (size_t)n);
 }
 
+void edge_jw_number_full(edge_jw *w, double v)
+{
+    char buf[32];
+    int n;
+    if (!isfinite(v)) {
+        edge_jw_null(w);
+        return;
+    }
+    if (v == (double)(int64_t)v && fabs(v) < 9007199254740992.0) {
+        edge_jw_int(w, (int64_t)v);
+        return;
+    }
+    n = snprintf(buf, sizeof buf, "%.17g", v);
+    before_value(w);
+    put(w, buf, (size_t)n);
+}
+
 void edge_jw_int(edge_jw *w, int64_t v)
 {
     char buf[24];
