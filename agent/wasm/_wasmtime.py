@@ -141,12 +141,8 @@ class _Instance:
         self._store: wasmtime.Store | None = store
         self._limits = limits
         self._ticker = ticker
-        exports = instance.exports(store)
-        self._funcs: dict[str, _Export] = {}
-        for export_name in module.info.exported_functions:
-            func = exports[export_name]
-            assert isinstance(func, wasmtime.Func)
-            self._funcs[export_name] = _Export(module.name, export_name, func, store)
+        self._exports = exports = instance.exports(store)
+        self._funcs: dict[str, _Export] = {}  # filled on first call: most are never called
         memory = exports.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             raise errors.InvalidModule(module.name, "exports no memory named 'memory'")
@@ -165,7 +161,10 @@ class _Instance:
             raise errors.ModuleError(self._module.name, "instance is closed")
         export = self._funcs.get(function)
         if export is None:
-            raise errors.InvalidModule(self._module.name, f"exports no function {function!r}")
+            func = self._exports.get(function)
+            if not isinstance(func, wasmtime.Func):
+                raise errors.InvalidModule(self._module.name, f"exports no function {function!r}")
+            export = self._funcs[function] = _Export(self._module.name, function, func, self._store)
         context = self._context
         if self._limits.fuel is not None:
             wt_ffi.wasmtime_context_set_fuel(context, self._limits.fuel)
@@ -290,6 +289,7 @@ class WasmtimeEngine:
         self.wasmtime_engine = wasmtime.Engine(config)
         self._settings = "fuel=1,epoch=1,opt=speed"
         self._cache = CompileCache(cache_dir) if cache_dir else None
+        self._version = wasmtime_version()
         self.ticker = Ticker("wasmtime-epoch", _TICK_S, self.wasmtime_engine.increment_epoch)
 
     @property
@@ -298,7 +298,7 @@ class WasmtimeEngine:
 
     @property
     def version(self) -> str:
-        return wasmtime_version()
+        return self._version
 
     @property
     def mode(self) -> str:

@@ -219,15 +219,15 @@ static void write_stats(const channel *c)
     edge_jw_key(&out, "n");
     edge_jw_int(&out, c->n);
     edge_jw_key(&out, "mean");
-    edge_jw_number_full(&out, mean);
+    edge_jw_number(&out, mean);
     edge_jw_key(&out, "std");
-    edge_jw_number_full(&out, sqrt(ssd / c->n));
+    edge_jw_number(&out, sqrt(ssd / c->n));
     edge_jw_key(&out, "min");
-    edge_jw_number_full(&out, lo);
+    edge_jw_number(&out, lo);
     edge_jw_key(&out, "max");
-    edge_jw_number_full(&out, hi);
+    edge_jw_number(&out, hi);
     edge_jw_key(&out, "rms");
-    edge_jw_number_full(&out, sqrt(sumsq / c->n));
+    edge_jw_number(&out, sqrt(sumsq / c->n));
     edge_jw_object_end(&out);
 }
 
