@@ -41,7 +41,6 @@ from agent.wasm.wasmedge._callbacks import ErrorSlot, FrameMemory, register, unr
 
 log = logging.getLogger(__name__)
 
-_NO_LIMIT = 2**63
 _INTERNAL = "edge_agent_internal"
 """A host module of our own in every VM; its `nop` clears a stop token left behind."""
 
@@ -103,15 +102,20 @@ class WasmEdgeEngine:
     def mode(self) -> str:
         return "aot" if self._aot else "interpreter"
 
-    def configure(self, limits: Limits | None = None) -> _handles.Configure:
-        """A configure context for this engine's mode, with the instance's limits."""
+    def configure(
+        self, limits: Limits | None = None, *, metered: bool = False
+    ) -> _handles.Configure:
+        """A configure context for this engine's mode, with the instance's limits.
+
+        Cost measuring (fuel) slows AOT code about twofold, so it is on only for
+        instances with a fuel limit; AOT code for them is compiled with metering.
+        """
         conf = _handles.Configure(self.lib)
         c = self.lib.cdll
         c.WasmEdge_ConfigureAddHostRegistration(conf.ptr, _ffi.HOST_REG_WASI)
-        # Cost measuring is always on so that AOT code, which must be compiled
-        # with metering, and interpreted code accept the same per-call fuel.
-        c.WasmEdge_ConfigureStatisticsSetInstructionCounting(conf.ptr, True)
-        c.WasmEdge_ConfigureStatisticsSetCostMeasuring(conf.ptr, True)
+        if metered:
+            c.WasmEdge_ConfigureStatisticsSetInstructionCounting(conf.ptr, True)
+            c.WasmEdge_ConfigureStatisticsSetCostMeasuring(conf.ptr, True)
         if self._aot:
             c.WasmEdge_ConfigureCompilerSetOptimizationLevel(conf.ptr, _ffi.OPT_O2)
             c.WasmEdge_ConfigureCompilerSetOutputFormat(conf.ptr, _ffi.OUTPUT_FORMAT_WASM)
@@ -125,24 +129,31 @@ class WasmEdgeEngine:
         return conf
 
     def compile(self, wasm: bytes, name: str) -> CompiledModule:
-        code = self._aot_compile(wasm, name) if self._aot else guarded(wasm, name)
-        ast = self._parse(code, name)
+        return WasmEdgeModule(self, wasm, self.load(wasm, name, metered=False), name)
+
+    def load(self, wasm: bytes, name: str, *, metered: bool) -> _handles.ASTModule:
+        """A parsed, validated AST: AOT-compiled (and metered, if asked) where we can."""
+        code = self._aot_compile(wasm, name, metered) if self._aot else guarded(wasm, name)
+        ast = self._parse(code, name, metered)
         try:
-            with self.configure() as conf, _handles.Validator(self.lib, conf) as validator:
+            with (
+                self.configure(metered=metered) as conf,
+                _handles.Validator(self.lib, conf) as validator,
+            ):
                 result = self.lib.cdll.WasmEdge_ValidatorValidate(validator.ptr, ast.ptr)
             if result:
                 raise errors.InvalidModule(
                     name, f"is not a valid WebAssembly module: {self.lib.message(result)}"
                 )
-            return WasmEdgeModule(self, ast, name, memory_minimum(wasm))
         except BaseException:
             ast.close()
             raise
+        return ast
 
-    def _parse(self, code: bytes, name: str) -> _handles.ASTModule:
+    def _parse(self, code: bytes, name: str, metered: bool) -> _handles.ASTModule:
         out = ctypes.c_void_p()
         data, keep = _ffi.bytes_of(code)
-        with self.configure() as conf, _handles.Loader(self.lib, conf) as loader:
+        with self.configure(metered=metered) as conf, _handles.Loader(self.lib, conf) as loader:
             result = self.lib.cdll.WasmEdge_LoaderParseFromBytes(
                 loader.ptr, ctypes.byref(out), data
             )
@@ -153,12 +164,11 @@ class WasmEdgeEngine:
             )
         return _handles.ASTModule(self.lib, out.value)
 
-    def _aot_compile(self, wasm: bytes, name: str) -> bytes:
+    def _aot_compile(self, wasm: bytes, name: str, metered: bool) -> bytes:
         """The module with native code in a custom section, from the cache if there."""
         digest = hashlib.sha256(wasm).hexdigest()
-        key = cache_key(
-            digest, "wasmedge", self.version, "aot-O2-interruptible-metered", GUARD_VERSION
-        )
+        flavour = "aot-O2-interruptible" + ("-metered" if metered else "")
+        key = cache_key(digest, "wasmedge", self.version, flavour, GUARD_VERSION)
         if self._cache is not None:
             cached = self._cache.get(key)
             if cached is not None:
@@ -167,7 +177,10 @@ class WasmEdgeEngine:
         with tempfile.TemporaryDirectory(prefix="edge-aot-") as tmp:
             out = Path(tmp) / "module.wasm"
             data, keep = _ffi.bytes_of(guarded(wasm, name))
-            with self.configure() as conf, _handles.Compiler(self.lib, conf) as compiler:
+            with (
+                self.configure(metered=metered) as conf,
+                _handles.Compiler(self.lib, conf) as compiler,
+            ):
                 result = self.lib.cdll.WasmEdge_CompilerCompileFromBytes(
                     compiler.ptr, data, str(out).encode()
                 )
@@ -190,11 +203,12 @@ class WasmEdgeModule:
     """A validated AST module; instances load it into VMs of their own."""
 
     def __init__(
-        self, engine: WasmEdgeEngine, ast: _handles.ASTModule, name: str, min_pages: int
+        self, engine: WasmEdgeEngine, wasm: bytes, ast: _handles.ASTModule, name: str
     ) -> None:
         self._engine = engine
-        self._min_pages = min_pages
-        self._ast = ast
+        self._wasm = wasm
+        self._min_pages = memory_minimum(wasm)
+        self._asts = {False: ast}  # keyed by `metered`; the metered one made on demand
         self._name = name
         self._info, self._returns = _describe(engine.lib, ast)
 
@@ -214,10 +228,16 @@ class WasmEdgeModule:
             raise errors.MemoryLimitExceeded(
                 self._name, f"needs more memory than its cap of {limits.memory_pages} pages"
             )
-        return _Instance(self._engine, self, self._ast, host, wasi, limits, self._returns)
+        metered = limits.fuel is not None
+        ast = self._asts.get(metered)
+        if ast is None:
+            ast = self._asts[metered] = self._engine.load(self._wasm, self._name, metered=True)
+        return _Instance(self._engine, self, ast, host, wasi, limits, self._returns)
 
     def close(self) -> None:
-        self._ast.close()
+        for ast in self._asts.values():
+            ast.close()
+        self._asts = {}
 
 
 def _describe(lib: _ffi.Library, ast: _handles.ASTModule) -> tuple[ModuleInfo, dict[str, int]]:
@@ -312,7 +332,7 @@ class _Instance:
         self._output = wasi.output
         self._names: dict[str, tuple[_ffi.String, bytes]] = {}
         self._canceller: _handles.Async | None = None
-        self._vm = _handles.VM(lib, engine.configure(limits))
+        self._vm = _handles.VM(lib, engine.configure(limits, metered=limits.fuel is not None))
         try:
             self._setup(
                 [*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)],
@@ -443,10 +463,9 @@ class _Instance:
             params[i].Value[0] = arg & 0xFFFFFFFF
             params[i].Type = i32
         returns = (_ffi.Value * max(nret, 1))()
-        c.WasmEdge_StatisticsClear(self._stats)
-        c.WasmEdge_StatisticsSetCostLimit(
-            self._stats, self._limits.fuel if self._limits.fuel is not None else _NO_LIMIT
-        )
+        if self._limits.fuel is not None:
+            c.WasmEdge_StatisticsClear(self._stats)
+            c.WasmEdge_StatisticsSetCostLimit(self._stats, self._limits.fuel)
         deadline = self._limits.deadline_ms
         if deadline is not None:
             self._watchdog.start(id(self), deadline, self._stop)
