@@ -899,12 +899,12 @@ static diyfp diy_mul(diyfp x, diyfp y)
     return r;
 }
 
+/* x.f != 0. */
 static diyfp diy_normalize(diyfp x)
 {
-    while (!(x.f >> 63)) {
-        x.f <<= 1;
-        x.e--;
-    }
+    int shift = __builtin_clzll(x.f);
+    x.f <<= shift;
+    x.e -= shift;
     return x;
 }
 
