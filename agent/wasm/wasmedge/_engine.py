@@ -228,10 +228,11 @@ class WasmEdgeModule:
             raise errors.MemoryLimitExceeded(
                 self._name, f"needs more memory than its cap of {limits.memory_pages} pages"
             )
-        metered = limits.fuel is not None
+        # Only AOT code differs when metered; the interpreter meters through its VM config.
+        metered = limits.fuel is not None and self._engine.mode == "aot"
         ast = self._asts.get(metered)
         if ast is None:
-            ast = self._asts[metered] = self._engine.load(self._wasm, self._name, metered=True)
+            ast = self._asts[metered] = self._engine.load(self._wasm, self._name, metered=metered)
         return _Instance(self._engine, self, ast, host, wasi, limits, self._returns)
 
     def close(self) -> None:
