@@ -68,6 +68,17 @@ def test_config_is_frozen(tmp_path: Path) -> None:
             '[[modules]]\nname = "a"\npath = "x"\n[[modules]]\nname = "a"\npath = "y"\n',
             "module name 'a' is used twice",
         ),
+        (
+            '[[modules]]\nname = "a"\npath = "x"\nafter = "b"\n',
+            "after = 'b' names no module",
+        ),
+        (
+            '[[modules]]\nname = "a"\npath = "x"\nafter = "b"\n'
+            '[[modules]]\nname = "b"\npath = "y"\nafter = "a"\n',
+            "modules feed each other in a loop: a -> b",
+        ),
+        ('[[modules]]\nname = "a"\npath = "x"\nqos = 2\n', "modules.0.qos: Input should be 0 or 1"),
+        ("[pipeline]\nqueue_size = 0\n", "pipeline.queue_size: Input should be greater than"),
         ("[engine\n", "not valid TOML"),
     ],
 )

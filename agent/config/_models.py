@@ -87,6 +87,20 @@ class ModuleConfig(_Model):
     limits: LimitsConfig | None = None
     """Overrides the agent's default limits for this module."""
     wasi: WasiConfig = WasiConfig()
+    devices: tuple[str, ...] = ()
+    """Devices whose readings the module takes; empty means every device."""
+    after: str | None = None
+    """Take the reading documents another module emits instead of devices' readings."""
+    qos: Literal[0, 1] = 1
+    """MQTT QoS of the module's messages."""
+
+
+class PipelineConfig(_Model):
+    raw_readings: bool = False
+    """Also publish every device reading as is, on `<prefix>/<node>/devices/<device>`."""
+    raw_qos: Literal[0, 1] = 0
+    queue_size: int = Field(1000, ge=1, le=1_000_000)
+    """Readings queued per module before its devices wait for it (backpressure)."""
 
 
 class LoggingConfig(_Model):
@@ -99,6 +113,7 @@ class AgentConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     """Default limits of every module instance."""
     modules: tuple[ModuleConfig, ...] = ()
+    pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
@@ -108,6 +123,19 @@ class AgentConfig(_Model):
             if module.name in seen:
                 raise ValueError(f"module name {module.name!r} is used twice")
             seen.add(module.name)
+        for module in self.modules:
+            if module.after is not None and module.after not in seen:
+                raise ValueError(
+                    f"module {module.name!r}: after = {module.after!r} names no module "
+                    f"(modules: {sorted(seen)})"
+                )
+        after = {m.name: m.after for m in self.modules}
+        for name in after:
+            chain = [name]
+            while (parent := after[chain[-1]]) is not None:
+                if parent in chain:
+                    raise ValueError(f"modules feed each other in a loop: {' -> '.join(chain)}")
+                chain.append(parent)
         return self
 
     def limits_for(self, module: ModuleConfig) -> Limits:

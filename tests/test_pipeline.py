@@ -1,0 +1,193 @@
+"""The pipeline on a real engine with the real modules: routing, order, faults, swaps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from agent.errors import ModuleError
+from agent.reading import Reading, Value
+from agent.runtime import ModuleHost, Pipeline, Route
+from agent.wasm import Engine, Limits, ReactorModule
+from tests.conftest import module_bytes
+
+ROOT = "edge/node-1"
+
+
+class ListSink:
+    """Stands in for the outbox: records what would be published, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, dict[str, Any], int]] = []
+
+    async def put(self, topic: str, payload: bytes, qos: int) -> None:
+        self.messages.append((topic, json.loads(payload), qos))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        return [payload for t, payload, _ in self.messages if t == topic]
+
+
+def reading(device: str, seq: int, temperature: float) -> Reading:
+    return Reading(device, 1764118800.0 + seq, seq, {"temperature": Value(temperature, "degC")})
+
+
+def maker(
+    engine: Engine, name: str, config: dict[str, Any], **kw: Any
+) -> Callable[[], ReactorModule]:
+    return lambda: ReactorModule(engine.compile(module_bytes(name), name), config, **kw)
+
+
+async def host(engine: Engine, name: str, config: dict[str, Any], **kw: Any) -> ModuleHost:
+    module = kw.pop("module", name)
+    return await ModuleHost.start(name, maker(engine, module, config, **kw), version="1.0.0")
+
+
+def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine) -> None:
+    async def scenario() -> ListSink:
+        sink = ListSink()
+        pipeline = Pipeline(sink, ROOT, raw_qos=0)
+        scale = {"topic": "scaled", "channels": {"temperature": {"to": "degF"}}}
+        pipeline.add(await host(engine, "scale", scale), Route(devices=frozenset({"pump-1"})))
+        stats = {"topic": "stats", "window": 4, "every": 2}
+        pipeline.add(await host(engine, "window-stats", stats), Route(after="scale", qos=0))
+        async with pipeline:
+            for seq in range(20):
+                await pipeline.on_reading(reading("pump-1", seq, 20.0 + seq))
+                await pipeline.on_reading(reading("other", seq, 99.0))
+            await pipeline.drain()
+        return sink
+
+    sink = asyncio.run(scenario())
+    scaled = sink.on(f"{ROOT}/scaled")
+    assert [m["seq"] for m in scaled] == list(range(20))
+    assert scaled[3]["values"]["temperature"] == {
+        "value": pytest.approx(73.4),
+        "unit": "degF",
+        "quality": "good",
+    }
+    stats = sink.on(f"{ROOT}/stats")
+    assert [m["seq"] for m in stats] == list(range(1, 20, 2))
+    # The window holds the last four converted values: 20..23 degC is 68..73.4 degF.
+    assert stats[1]["channels"]["temperature"]["mean"] == pytest.approx(
+        (68 + 69.8 + 71.6 + 73.4) / 4
+    )
+    raw = sink.on(f"{ROOT}/devices/other")
+    assert [m["seq"] for m in raw] == list(range(20))
+    qos = {topic.rsplit("/", 1)[1]: q for topic, _, q in sink.messages}
+    assert qos == {"scaled": 1, "stats": 0, "pump-1": 0, "other": 0}
+
+
+def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> None:
+    outcomes: list[tuple[str, str | None]] = []
+
+    def on_outcome(h: ModuleHost, err: ModuleError | None) -> None:
+        outcomes.append((h.name, type(err).__name__ if err else None))
+
+    async def scenario() -> tuple[ListSink, list[Any]]:
+        sink = ListSink()
+        pipeline = Pipeline(sink, ROOT, on_outcome=on_outcome)
+        pipeline.add(await host(engine, "faulty", {"fault": "trap"}), Route())
+        pipeline.add(await host(engine, "echo", {"fault": "none"}, module="faulty"), Route())
+        async with pipeline:
+            for seq in range(5):
+                await pipeline.on_reading(reading("pump-1", seq, 1.0))
+            await pipeline.drain()
+            stats = pipeline.stats()
+        return sink, stats
+
+    sink, stats = asyncio.run(scenario())
+    assert [m["seq"] for m in sink.on(f"{ROOT}/echo")] == list(range(5))
+    assert outcomes.count(("faulty", "ModuleTrap")) == 5
+    assert outcomes.count(("echo", None)) == 5
+    by_name = {s.name: s for s in stats}
+    assert (by_name["faulty"].invocations, by_name["faulty"].errors) == (5, 5)
+    assert "trap" in (by_name["faulty"].last_error or "")
+    assert by_name["echo"].errors == 0
+    assert by_name["echo"].p50_ms is not None
+    assert by_name["echo"].p99_ms is not None
+    assert by_name["echo"].p50_ms <= by_name["echo"].p99_ms
+
+
+def test_replace_takes_over_between_two_readings(engine: Engine) -> None:
+    async def scenario() -> ListSink:
+        sink = ListSink()
+        pipeline = Pipeline(sink, ROOT)
+        first = {"topic": "out", "channels": {"temperature": {"scale": 1.0}}}
+        pipeline.add(await host(engine, "scale", first), Route())
+        async with pipeline:
+            # Readings keep arriving while the new version is built and swapped in.
+            for seq in range(20):
+                await pipeline.on_reading(reading("pump-1", seq, 10.0))
+            second = {"topic": "out", "channels": {"temperature": {"scale": 2.0}}}
+            scale = pipeline.host("scale")
+            assert scale is not None
+            swap = asyncio.create_task(
+                scale.replace(maker(engine, "scale", second), version="2.0.0", digest="sha256:x")
+            )
+            for seq in range(20, 40):
+                await pipeline.on_reading(reading("pump-1", seq, 10.0))
+            await swap
+            for seq in range(40, 45):
+                await pipeline.on_reading(reading("pump-1", seq, 10.0))
+            await pipeline.drain()
+            assert scale.stats().version == "2.0.0"
+        return sink
+
+    out = asyncio.run(scenario()).on(f"{ROOT}/out")
+    assert [m["seq"] for m in out] == list(range(45))
+    values = [m["values"]["temperature"]["value"] for m in out]
+    switch = values.index(20)
+    assert switch > 0
+    assert values == [10] * switch + [20] * (45 - switch)
+
+
+def test_a_replacement_that_cannot_start_leaves_the_running_version(engine: Engine) -> None:
+    async def scenario() -> tuple[ListSink, str]:
+        sink = ListSink()
+        pipeline = Pipeline(sink, ROOT)
+        pipeline.add(await host(engine, "scale", {"topic": "out"}), Route())
+        async with pipeline:
+            scale = pipeline.host("scale")
+            assert scale is not None
+            bad = maker(engine, "scale", {"no_such_key": 1})
+            with pytest.raises(ModuleError, match="edge_configure returned error code"):
+                await scale.replace(bad, version="2.0.0", digest="sha256:y")
+            await pipeline.on_reading(reading("pump-1", 0, 10.0))
+            await pipeline.drain()
+            return sink, scale.stats().version
+
+    sink, version = asyncio.run(scenario())
+    assert version == "1.0.0"
+    assert len(sink.on(f"{ROOT}/out")) == 1
+
+
+def test_a_module_over_its_deadline_does_not_hold_up_the_others(engine: Engine) -> None:
+    async def scenario() -> ListSink:
+        sink = ListSink()
+        pipeline = Pipeline(sink, ROOT)
+        slow = Limits(deadline_ms=200)
+        pipeline.add(
+            await host(engine, "loop", {"fault": "loop"}, module="faulty", limits=slow), Route()
+        )
+        pipeline.add(await host(engine, "echo", {"fault": "none"}, module="faulty"), Route())
+        async with pipeline:
+            for seq in range(3):
+                await pipeline.on_reading(reading("pump-1", seq, 1.0))
+            # The echo module finishes its three readings while the looping one is
+            # still inside its first deadline.
+            for _ in range(100):
+                if len(sink.on(f"{ROOT}/echo")) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            loop_host = pipeline.host("loop")
+            assert loop_host is not None
+            assert loop_host.stats().invocations < 3
+            await pipeline.drain()
+        return sink
+
+    sink = asyncio.run(scenario())
+    assert [m["seq"] for m in sink.on(f"{ROOT}/echo")] == [0, 1, 2]
