@@ -182,9 +182,11 @@ class ReactorModule:
         wasi: WasiSpec | None = None,
         emit_topics: Sequence[str] | None = None,
         extra_host: Sequence[HostFunction] = (),
+        owns_compiled: bool = False,
     ) -> None:
         self.name = compiled.name
         self._compiled = compiled
+        self._owns_compiled = owns_compiled
         self._config = json.dumps(dict(config or {}), separators=(",", ":")).encode()
         self._limits = limits or Limits()
         self._emit_topics = tuple(emit_topics) if emit_topics is not None else None
@@ -333,8 +335,11 @@ class ReactorModule:
             self._instance = None
 
     def close(self) -> None:
+        """Close the instance, and the compiled module too when this object owns it."""
         self._drop()
         self._closed = True
+        if self._owns_compiled:
+            self._compiled.close()
 
 
 def _trap_cause(instance: Instance, err: errors.ModuleTrap) -> errors.ModuleError | None:
