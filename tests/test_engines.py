@@ -3,6 +3,7 @@ on every available engine."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import random
@@ -236,3 +237,20 @@ def test_memory_above_the_cap_fails_instantiation(engine: Engine) -> None:
     compiled = engine.compile(wat('(module (memory (export "memory") 100))'), "big")
     with pytest.raises(errors.MemoryLimitExceeded, match="cap of 10 pages"):
         compiled.instantiate((), WasiSpec(), Limits(memory_pages=10))
+
+
+def test_closed_wasmtime_instances_release_their_host_functions() -> None:
+    """Host functions live in a registry that must not keep stores alive."""
+    from agent.wasm import _wasmtime  # noqa: PLC0415
+
+    eng = create_engine("wasmtime")
+    compiled = eng.compile(module_bytes("faulty"), "faulty")
+    gc.collect()
+    before = len(_wasmtime._HOST_FUNCTIONS)
+    for _ in range(20):
+        module = ReactorModule(compiled, {"fault": "none"})
+        module.on_reading(Reading("d", 0.0, 1))
+        module.close()
+    gc.collect()
+    assert len(_wasmtime._HOST_FUNCTIONS) == before
+    eng.close()
