@@ -1,0 +1,139 @@
+"""The demo's live terminal view, built from what arrives at the broker.
+
+It knows the topic layout (`devices/<device>` for raw readings, the modules' own
+topics, anything with an `anomaly` flag or under `alerts/`) and nothing else: it sees
+what any MQTT subscriber of the node would see.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+_RECENT_ALERTS = 8
+
+
+@dataclass
+class _Topic:
+    count: int = 0
+    last: Any = None
+    at: float = 0.0
+
+
+@dataclass
+class DemoView:
+    """Collects the node's messages; `render()` draws the current picture."""
+
+    root: str
+    """`<prefix>/<node>`: the part of every topic the view leaves out."""
+    started: float = field(default_factory=time.monotonic)
+    readings: dict[str, _Topic] = field(default_factory=dict)
+    outputs: dict[str, _Topic] = field(default_factory=dict)
+    alerts: deque[tuple[str, Any]] = field(default_factory=lambda: deque(maxlen=_RECENT_ALERTS))
+    status: str = "connecting"
+    total: int = 0
+
+    def update(self, topic: str, payload: bytes) -> None:
+        if not topic.startswith(self.root + "/"):
+            return
+        relative = topic[len(self.root) + 1 :]
+        try:
+            body: Any = json.loads(payload)
+        except ValueError:
+            body = payload.decode("utf-8", "replace")
+        if relative == "status":
+            self.status = body.get("state", "?") if isinstance(body, dict) else str(body)
+            return
+        self.total += 1
+        if relative.startswith("alerts/"):
+            self.alerts.appendleft((relative, body))
+        table = self.readings if relative.startswith("devices/") else self.outputs
+        entry = table.setdefault(relative, _Topic())
+        entry.count += 1
+        entry.last = body
+        entry.at = time.monotonic()
+
+    def render(self) -> RenderableType:
+        uptime = time.monotonic() - self.started
+        header = Text.assemble(
+            ("edge-agent demo  ", "bold"),
+            (f"{self.root}  ", "cyan"),
+            (f"agent {self.status}  ", "green" if self.status == "online" else "yellow"),
+            f"{self.total} messages in {uptime:.0f} s   Ctrl-C stops",
+        )
+        return Group(header, self._readings(), self._outputs(), self._alerts())
+
+    def _readings(self) -> Table:
+        table = Table(title="Device readings (raw)", expand=True, title_justify="left")
+        table.add_column("device")
+        table.add_column("seq", justify="right")
+        table.add_column("values")
+        for topic, entry in sorted(self.readings.items()):
+            doc = entry.last if isinstance(entry.last, dict) else {}
+            values = doc.get("values", {})
+            shown = "  ".join(
+                f"{name} {_number(v.get('value'))}{' ' + v['unit'] if v.get('unit') else ''}"
+                + ("" if v.get("quality", "good") == "good" else f" ({v['quality']})")
+                for name, v in values.items()
+                if isinstance(v, dict)
+            )
+            table.add_row(topic.removeprefix("devices/"), str(doc.get("seq", "")), shown)
+        return table
+
+    def _outputs(self) -> Table:
+        table = Table(title="Module outputs", expand=True, title_justify="left")
+        table.add_column("topic")
+        table.add_column("count", justify="right")
+        table.add_column("latest")
+        for topic, entry in sorted(self.outputs.items()):
+            if topic.startswith("alerts/"):
+                continue
+            table.add_row(topic, str(entry.count), _summary(entry.last))
+        return table
+
+    def _alerts(self) -> Panel:
+        if not self.alerts:
+            return Panel("no anomaly alert yet", title="Anomalies", title_align="left")
+        lines = [f"{topic}: {_summary(body)}" for topic, body in self.alerts]
+        return Panel("\n".join(lines), title="Anomalies", title_align="left", style="red")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) >= 1000 else f"{value:.2f}"
+    return str(value)
+
+
+def _summary(body: Any) -> str:
+    """One line per message: the scores and statistics matter, not the envelope."""
+    if not isinstance(body, dict):
+        return str(body)[:120]
+    who = f"{body.get('device', '?')} #{body.get('seq', '?')}: "
+    if "score" in body:
+        score = _number(body["score"])
+        if "anomaly" in body:
+            return f"{who}score {score} {'ANOMALY' if body['anomaly'] else 'normal'}"
+        return f"{who}score {score} reached the threshold {_number(body.get('threshold'))}"
+    if "channels" in body and isinstance(body["channels"], dict):
+        parts = [
+            f"{name} mean {_number(s.get('mean'))} std {_number(s.get('std'))}"
+            for name, s in body["channels"].items()
+            if isinstance(s, dict)
+        ]
+        return who + "; ".join(parts)
+    if "values" in body and isinstance(body["values"], dict):
+        parts = [
+            f"{name} {_number(v.get('value'))}{' ' + v['unit'] if v.get('unit') else ''}"
+            for name, v in body["values"].items()
+            if isinstance(v, dict)
+        ]
+        return who + "  ".join(parts)
+    return json.dumps(body)[:120]
