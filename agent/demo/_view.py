@@ -78,13 +78,7 @@ class DemoView:
         table.add_column("values")
         for topic, entry in sorted(self.readings.items()):
             doc = entry.last if isinstance(entry.last, dict) else {}
-            values = doc.get("values", {})
-            shown = "  ".join(
-                f"{name} {_number(v.get('value'))}{' ' + v['unit'] if v.get('unit') else ''}"
-                + ("" if v.get("quality", "good") == "good" else f" ({v['quality']})")
-                for name, v in values.items()
-                if isinstance(v, dict)
-            )
+            shown = _values(doc.get("values"))
             table.add_row(topic.removeprefix("devices/"), str(doc.get("seq", "")), shown)
         return table
 
@@ -122,18 +116,24 @@ def _summary(body: Any) -> str:
         if "anomaly" in body:
             return f"{who}score {score} {'ANOMALY' if body['anomaly'] else 'normal'}"
         return f"{who}score {score} reached the threshold {_number(body.get('threshold'))}"
-    if "channels" in body and isinstance(body["channels"], dict):
-        parts = [
+    if isinstance(body.get("channels"), dict):
+        return who + "; ".join(
             f"{name} mean {_number(s.get('mean'))} std {_number(s.get('std'))}"
             for name, s in body["channels"].items()
             if isinstance(s, dict)
-        ]
-        return who + "; ".join(parts)
-    if "values" in body and isinstance(body["values"], dict):
-        parts = [
-            f"{name} {_number(v.get('value'))}{' ' + v['unit'] if v.get('unit') else ''}"
-            for name, v in body["values"].items()
-            if isinstance(v, dict)
-        ]
-        return who + "  ".join(parts)
+        )
+    if isinstance(body.get("values"), dict):
+        return who + _values(body["values"])
     return json.dumps(body)[:120]
+
+
+def _values(values: Any) -> str:
+    """`name value unit` per value, with the quality when it is not good."""
+    if not isinstance(values, dict):
+        return ""
+    return "  ".join(
+        f"{name} {_number(v.get('value'))}{' ' + v['unit'] if v.get('unit') else ''}"
+        + ("" if v.get("quality", "good") == "good" else f" ({v['quality']})")
+        for name, v in values.items()
+        if isinstance(v, dict)
+    )
