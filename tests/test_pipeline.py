@@ -24,7 +24,7 @@ class ListSink:
     def __init__(self) -> None:
         self.messages: list[tuple[str, dict[str, Any], int]] = []
 
-    async def put(self, topic: str, payload: bytes, qos: int) -> None:
+    async def put(self, topic: str, payload: bytes, *, qos: int) -> None:
         self.messages.append((topic, json.loads(payload), qos))
 
     def on(self, topic: str) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ Outcome = Callable[[ModuleHost, ModuleError | None], None]
 class Sink(Protocol):
     """Where messages go: the durable outbox in the agent, a list in a test."""
 
-    async def put(self, topic: str, payload: bytes, qos: int) -> None: ...
+    async def put(self, topic: str, payload: bytes, *, qos: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,9 @@ class Pipeline:
         """Take one device reading: publish it raw if configured, queue it for modules."""
         if self._raw_qos is not None:
             payload = encode_reading_line(reading).rstrip(b"\n")
-            await self._sink.put(f"{self._root}/devices/{reading.device}", payload, self._raw_qos)
+            await self._sink.put(
+                f"{self._root}/devices/{reading.device}", payload, qos=self._raw_qos
+            )
         for stage in list(self._stages.values()):
             route = stage.route
             if route.after is None and (not route.devices or reading.device in route.devices):
@@ -171,7 +173,9 @@ class Pipeline:
         self._tell(host, None)
         followers = [s for s in self._stages.values() if s.route.after == host.name]
         for message in messages:
-            await self._sink.put(f"{self._root}/{message.topic}", message.payload, stage.route.qos)
+            await self._sink.put(
+                f"{self._root}/{message.topic}", message.payload, qos=stage.route.qos
+            )
             if followers:
                 await self._feed(stage, message, followers)
 
