@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.config import load_config
 from agent.errors import AgentError
+from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
 
@@ -67,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--deadline-ms", type=int, default=Limits.deadline_ms)
     run.add_argument("--fuel", type=int, default=None, help="instruction budget per call")
     run.add_argument("--cache-dir", type=Path, default=None, help="compiled-module cache")
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=_model_arg,
+        metavar="NAME=PATH",
+        help="preload a TFLite model for WASI-NN load_by_name (repeatable)",
+    )
     run.set_defaults(handler=_module_run)
 
     config = commands.add_parser("config", help="check config files").add_subparsers(
@@ -76,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("path", type=Path)
     show.set_defaults(handler=_config_show)
     return parser
+
+
+def _model_arg(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH")
+    return name, Path(path)
 
 
 def _module_run(args: argparse.Namespace) -> int:
@@ -94,6 +111,7 @@ def _module_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: {err}", file=sys.stderr)
         return 2
     limits = Limits(args.memory_pages, args.deadline_ms, args.fuel)
+    models = ModelSet.from_files(dict(args.model)) if args.model else None
     engine = create_engine(args.engine, cache_dir=args.cache_dir)
     try:
         compiled = engine.compile(wasm, args.wasm.stem)
@@ -101,7 +119,12 @@ def _module_run(args: argparse.Namespace) -> int:
             for message in run_command(compiled, readings, limits=limits):
                 _print(message.to_json())
             return 0
-        module = ReactorModule(compiled, module_config, limits=limits)
+        module = ReactorModule(
+            compiled,
+            module_config,
+            limits=limits,
+            instance_host=functools.partial(nn_host_functions, models) if models else None,
+        )
         try:
             for reading in readings:
                 for message in module.on_reading(reading):

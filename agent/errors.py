@@ -76,3 +76,7 @@ class CallFailed(ModuleError):
 
 class EmitRejected(ModuleError):
     """An emit broke a rule: bad or forbidden topic, oversized payload, bad pointer."""
+
+
+class ModelError(AgentError):
+    """An inference model cannot be used: unreadable, too large, or not a model we run."""

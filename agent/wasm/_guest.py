@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ _LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _MAX_LOG_BYTES = 4096
 _REACTOR_EXPORTS = ("edge_abi_version", "edge_alloc", "edge_configure", "edge_on_reading")
 _ALLOWED_IMPORT_MODULES = frozenset({"edge", "wasi_snapshot_preview1"})
+_NN_MODULE = "wasi_ephemeral_nn"
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,12 @@ def check_imports(compiled: CompiledModule, host: Sequence[HostFunction]) -> Non
     for module, name in sorted(compiled.info.imports):
         if module == "wasi_snapshot_preview1" or (module, name) in provided:
             continue
+        if module == _NN_MODULE:
+            raise errors.MissingImport(
+                compiled.name,
+                f"imports {module}.{name} (WASI-NN), which is only given to a module "
+                "with models: preload one (`--model NAME=PATH`, or `models` in its config)",
+            )
         raise errors.MissingImport(
             compiled.name,
             f"imports {module}.{name}, which the agent does not provide "
@@ -183,6 +190,7 @@ class ReactorModule:
         emit_topics: Sequence[str] | None = None,
         extra_host: Sequence[HostFunction] = (),
         owns_compiled: bool = False,
+        instance_host: Callable[[], Sequence[HostFunction]] | None = None,
     ) -> None:
         self.name = compiled.name
         self._compiled = compiled
@@ -208,7 +216,9 @@ class ReactorModule:
             raise errors.InvalidModule(
                 self.name, f"is not an ABI v{ABI_VERSION} reactor: it does not export {missing}"
             )
-        check_imports(compiled, self._host)
+        # Host functions with state that must die with each instance (WASI-NN's graphs).
+        self._instance_host = instance_host or tuple
+        check_imports(compiled, (*self._host, *self._instance_host()))
         self._pending: list[Message] = []
         self._instance: Instance | None = None
         self._buffer = (0, 0)
@@ -219,7 +229,8 @@ class ReactorModule:
         """Start a fresh instance: initialise, check the ABI version, configure."""
         self._drop()
         self._closed = False
-        instance = self._compiled.instantiate(self._host, self._wasi, self._limits)
+        host = (*self._host, *self._instance_host())
+        instance = self._compiled.instantiate(host, self._wasi, self._limits)
         self._instance = instance
         self._buffer = (0, 0)  # (pointer, size) of the input buffer from edge_alloc
         try:

@@ -333,14 +333,18 @@ class _Instance:
         self._output = wasi.output
         self._names: dict[str, tuple[_ffi.String, bytes]] = {}
         self._canceller: _handles.Async | None = None
-        self._vm = _handles.VM(lib, engine.configure(limits, metered=limits.fuel is not None))
+        modules = self._host_modules([*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)])
         try:
-            self._setup(
-                [*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)],
-                wasi,
-                ast,
-                module.info.imports,
+            self._vm = _handles.VM(
+                lib, engine.configure(limits, metered=limits.fuel is not None), modules
             )
+        except BaseException as err:
+            unregister(self._keys)
+            if isinstance(err, _handles.HostModuleRejected):
+                raise errors.InvalidModule(self._name, str(err)) from err
+            raise
+        try:
+            self._setup(host, wasi, ast, module.info.imports)
             self._canceller = self._make_canceller()
         except BaseException:
             self.close()
@@ -352,6 +356,21 @@ class _Instance:
         del keep
         self._memory = FrameMemory(lib, memory or 0)
 
+    def _host_modules(self, host: Sequence[HostFunction]) -> list[_handles.HostModule]:
+        """One host module per import module name, its functions bound to our trampoline."""
+        by_module: dict[str, list[HostFunction]] = {}
+        for fn in host:
+            by_module.setdefault(fn.module, []).append(fn)
+        modules = []
+        for module_name, fns in by_module.items():
+            hm = _handles.HostModule(self._lib, module_name)
+            modules.append(hm)
+            for fn in fns:
+                key = register(self._lib, fn.func, fn.params, fn.returns_value, self._slot)
+                self._keys.append(key)
+                hm.add_function(fn.name, fn.params, int(fn.returns_value), key)
+        return modules
+
     def _setup(
         self,
         host: Sequence[HostFunction],
@@ -359,21 +378,7 @@ class _Instance:
         ast: _handles.ASTModule,
         ast_imports: frozenset[tuple[str, str]],
     ) -> None:
-        lib, c, vm = self._lib, self._lib.cdll, self._vm
-        by_module: dict[str, list[HostFunction]] = {}
-        for fn in host:
-            by_module.setdefault(fn.module, []).append(fn)
-        for module_name, fns in by_module.items():
-            hm = _handles.HostModule(lib, module_name)
-            for fn in fns:
-                key = register(lib, fn.func, fn.params, fn.returns_value, self._slot)
-                self._keys.append(key)
-                hm.add_function(fn.name, fn.params, int(fn.returns_value), key)
-            if result := vm.register(hm):
-                raise errors.InvalidModule(
-                    self._name,
-                    f"cannot register host module {module_name!r}: {lib.message(result)}",
-                )
+        c, vm = self._lib.cdll, self._vm
         self._init_wasi(wasi)
         self._provided = {(fn.module, fn.name) for fn in host}
         self._imports = ast_imports

@@ -130,6 +130,7 @@ class HostModule(Handle):
     """
 
     def __init__(self, lib: _ffi.Library, name: str) -> None:
+        self.name = name
         s, self._name_bytes = _ffi.string(name)
         c = lib.cdll
         super().__init__(
@@ -150,22 +151,57 @@ class HostModule(Handle):
         del keep
 
 
+class HostModuleRejected(Exception):
+    """WasmEdge refused to register a host module (a duplicate name, most likely)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"cannot register host module {name!r}: {message}")
+
+
 class VM(Handle):
-    """A VM with WASI; owns the store it creates and keeps its host modules alive."""
+    """A VM with WASI over a store of its own, holding the host modules given to it.
 
-    def __init__(self, lib: _ffi.Library, conf: Configure) -> None:
+    The host modules go into the store before the VM exists: a new VM puts a mock of
+    each official plugin's module (`wasi_ephemeral_nn`, ...) into its store, and only
+    a module already registered under that name keeps the mock out.
+    """
+
+    def __init__(self, lib: _ffi.Library, conf: Configure, modules: list[HostModule]) -> None:
         c = lib.cdll
-        super().__init__(lib, c.WasmEdge_VMCreate(conf.ptr, None), c.WasmEdge_VMDelete, "VM")
         self._conf = conf
-        self._modules: list[HostModule] = []
-
-    def register(self, module: HostModule) -> int:
-        self._modules.append(module)
-        return int(self.lib.cdll.WasmEdge_VMRegisterModuleFromImport(self.ptr, module.ptr))
+        self._modules = modules
+        self._store: Handle | None = Handle(
+            lib, c.WasmEdge_StoreCreate(), c.WasmEdge_StoreDelete, "store"
+        )
+        try:
+            with Handle(
+                lib,
+                c.WasmEdge_ExecutorCreate(conf.ptr, None),
+                c.WasmEdge_ExecutorDelete,
+                "executor",
+            ) as executor:
+                for module in modules:
+                    result = c.WasmEdge_ExecutorRegisterImport(
+                        executor.ptr, self._store.ptr, module.ptr
+                    )
+                    if result:
+                        raise HostModuleRejected(module.name, lib.message(result))
+            super().__init__(
+                lib, c.WasmEdge_VMCreate(conf.ptr, self._store.ptr), c.WasmEdge_VMDelete, "VM"
+            )
+        except BaseException:
+            self._release()
+            raise
 
     def close(self) -> None:
         super().close()
-        # Host modules must outlive the VM that imported them.
+        self._release()
+
+    def _release(self) -> None:
+        # The store and the host modules in it must outlive the VM.
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         for module in self._modules:
             module.close()
         self._modules = []

@@ -1,0 +1,97 @@
+"""The LiteRT adapter: the only module that imports `ai_edge_litert`.
+
+A `LiteRTModel` is a TFLite flatbuffer checked once (it parses, its tensors allocate)
+with the shape and type of every input and output; each execution context is an
+interpreter of its own, as in WasmEdge's TFLite backend. Interpreters run the builtin
+kernels on one thread without the default XNNPACK delegate: results are the reference
+kernels' on every machine, and nothing is printed to the agent's stderr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ai_edge_litert.interpreter import (  # type: ignore[import-untyped]
+    Interpreter,
+    OpResolverType,
+)
+
+from agent.errors import ModelError
+from agent.nn._abi import TensorType
+
+# The tensor types WasmEdge's TFLite backend exchanges with guests.
+_TYPES: dict[Any, TensorType] = {
+    np.float16: TensorType.F16,
+    np.float32: TensorType.F32,
+    np.uint8: TensorType.U8,
+    np.int32: TensorType.I32,
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: its dims, WASI-NN type (None: not exchangeable) and size."""
+
+    index: int
+    dims: tuple[int, ...]
+    type: TensorType | None
+    nbytes: int
+    dtype: Any
+
+
+class LiteRTModel:
+    """A TFLite model, checked at construction; `execution()` gives a fresh context."""
+
+    def __init__(self, content: bytes, name: str) -> None:
+        self.content = bytes(content)
+        self.name = name
+        interpreter = self._interpreter()
+        self.inputs = tuple(_spec(d) for d in interpreter.get_input_details())
+        self.outputs = tuple(_spec(d) for d in interpreter.get_output_details())
+
+    def _interpreter(self) -> Any:
+        try:
+            interpreter = Interpreter(
+                model_content=self.content,
+                num_threads=1,
+                experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            )
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(f"model {self.name!r} is not a usable TFLite model: {err}") from err
+        return interpreter
+
+    def execution(self) -> LiteRTExecution:
+        return LiteRTExecution(self, self._interpreter())
+
+
+class LiteRTExecution:
+    """One interpreter: inputs in, `compute()`, outputs out. Callers check sizes first."""
+
+    def __init__(self, model: LiteRTModel, interpreter: Any) -> None:
+        self.model = model
+        self._interpreter = interpreter
+
+    def set_input(self, spec: TensorSpec, data: bytes) -> None:
+        array = np.frombuffer(data, dtype=spec.dtype).reshape(spec.dims)
+        self._interpreter.set_tensor(spec.index, array)
+
+    def compute(self) -> None:
+        try:
+            self._interpreter.invoke()
+        except (ValueError, RuntimeError) as err:
+            raise ModelError(f"model {self.model.name!r} failed to run: {err}") from err
+
+    def output(self, spec: TensorSpec) -> bytes:
+        return bytes(self._interpreter.get_tensor(spec.index).tobytes())
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    dtype = np.dtype(detail["dtype"])
+    dims = tuple(int(d) for d in detail["shape"])
+    count = int(np.prod(dims, dtype=np.int64))
+    return TensorSpec(
+        int(detail["index"]), dims, _TYPES.get(dtype.type), count * dtype.itemsize, dtype
+    )
