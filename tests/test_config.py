@@ -22,7 +22,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_shipped_config_loads() -> None:
     config = load_config(REPO / "config" / "agent.toml")
     assert config.engine.kind in ("auto", "wasmedge", "wasmtime")
-    assert {m.name for m in config.modules} == {"scale", "window-stats"}
+    assert {m.name for m in config.modules} == {"scale", "window-stats", "anomaly"}
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:

@@ -18,11 +18,13 @@ import wasmtime
 from ai_edge_litert.interpreter import Interpreter
 
 from agent import errors
+from agent.config import load_config
 from agent.nn import FUNCTIONS, ErrNo, ModelSet, NNLimits, TensorType, nn_host_functions
 from agent.reading import Reading
 from agent.wasm import CompiledModule, Engine, Instance, Limits, ReactorModule, WasiSpec
 
-from .conftest import REPO, module_bytes
+from .conftest import DIST, ENGINES, REPO, module_bytes
+from .test_cli import edge_agent
 
 MODEL = REPO / "modules" / "anomaly" / "model.tflite"
 PUMP_READINGS = REPO / "modules" / "anomaly" / "pump-readings.jsonl"
@@ -58,8 +60,16 @@ def litert_scores(features: np.ndarray) -> list[float]:
     return scores
 
 
-def test_guest_scores_equal_litert_on_the_same_features(engine: Engine, models: ModelSet) -> None:
+def expected_scores(docs: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """The seqs the module scores (every full window) and LiteRT's scores for them."""
     mm = make_model()
+    samples = np.array([[d["values"][c]["value"] for c in mm.CHANNELS] for d in docs])
+    seqs = list(range(mm.WINDOW - 1, len(docs)))
+    windows = np.stack([samples[s - mm.WINDOW + 1 : s + 1] for s in seqs])
+    return seqs, litert_scores(mm.features(windows))
+
+
+def test_guest_scores_equal_litert_on_the_same_features(engine: Engine, models: ModelSet) -> None:
     docs = [json.loads(line) for line in PUMP_READINGS.read_text().splitlines()]
     compiled = engine.compile(module_bytes("anomaly"), "anomaly")
     module = ReactorModule(compiled, {}, instance_host=functools.partial(nn_host_functions, models))
@@ -76,10 +86,7 @@ def test_guest_scores_equal_litert_on_the_same_features(engine: Engine, models: 
                 alerts.append(payload["seq"])
     module.close()
 
-    samples = np.array([[d["values"][c]["value"] for c in mm.CHANNELS] for d in docs])
-    seqs = list(range(mm.WINDOW - 1, len(docs)))
-    windows = np.stack([samples[s - mm.WINDOW + 1 : s + 1] for s in seqs])
-    expected = litert_scores(mm.features(windows))
+    seqs, expected = expected_scores(docs)
     assert sorted(scores) == seqs
     np.testing.assert_allclose([scores[s] for s in seqs], expected, rtol=0, atol=1e-5)
     # The stream turns faulty at 120: the model must see it, once, and not before.
@@ -106,6 +113,49 @@ def test_an_unknown_model_name_fails_configure_and_the_module_says_why(
         )
     assert (failure.value.function, failure.value.code) == ("edge_configure", 1)
     assert f'load_by_name("missing") failed: error {int(ErrNo.NOT_FOUND)}' in caplog.text
+
+
+@pytest.mark.parametrize("engine_name", [p for p in ENGINES if "interpreter" not in p.id])
+def test_module_run_with_a_model_gives_the_same_lines_on_every_engine(
+    tmp_path: Path, engine_name: str
+) -> None:
+    args = (
+        "module",
+        "run",
+        str(DIST / "anomaly.wasm"),
+        "--model",
+        f"anomaly={MODEL}",
+        "--input",
+        str(PUMP_READINGS),
+        "--cache-dir",
+        str(tmp_path / "c"),
+    )
+    reference = edge_agent(*args, "--engine", "wasmtime")
+    result = edge_agent(*args, "--engine", engine_name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == reference.stdout
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    docs = [json.loads(line) for line in PUMP_READINGS.read_text().splitlines()]
+    seqs, expected = expected_scores(docs)
+    scores = [m["payload"]["score"] for m in lines if m["topic"] == "anomaly"]
+    np.testing.assert_allclose(scores, expected, rtol=0, atol=1e-5)
+    assert seqs == [m["payload"]["seq"] for m in lines if m["topic"] == "anomaly"]
+
+
+def test_module_run_refuses_a_bad_model_argument(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"not a model")
+    run = ("module", "run", str(DIST / "anomaly.wasm"), "--input", str(PUMP_READINGS))
+    result = edge_agent(*run, "--model", f"anomaly={garbage}")
+    assert result.returncode == 1
+    assert "model 'anomaly' is not a usable TFLite model" in result.stderr
+    result = edge_agent(*run, "--model", "anomaly")
+    assert result.returncode == 2
+    assert "'anomaly' is not NAME=PATH" in result.stderr
+    result = edge_agent(*run)
+    assert result.returncode == 1
+    assert "wasi_ephemeral_nn" in result.stderr
+    assert "--model NAME=PATH" in result.stderr
 
 
 # A guest that hands each import straight to the test: the ABI's edge cases need
@@ -320,3 +370,10 @@ def test_model_set_reports_bad_files(tmp_path: Path) -> None:
     for paths, message, kwargs in cases:
         with pytest.raises(errors.ModelError, match=message):
             ModelSet.from_files(paths, **kwargs)
+
+
+def test_the_shipped_config_preloads_the_anomaly_model() -> None:
+    config = load_config(REPO / "config" / "agent.toml")
+    (anomaly,) = [m for m in config.modules if m.name == "anomaly"]
+    assert anomaly.models == {"anomaly": MODEL}
+    assert list(ModelSet.from_files(anomaly.models)) == ["anomaly"]
