@@ -93,11 +93,11 @@ class ModuleConfig(_Model):
     """Take the reading documents another module emits instead of devices' readings."""
     qos: Literal[0, 1] = 1
     """MQTT QoS of the module's messages."""
-
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ConfigPath] = Field(
         default_factory=dict
     )
     """TFLite models preloaded for WASI-NN `load_by_name`: name -> file."""
+
 
 class PipelineConfig(_Model):
     raw_readings: bool = False
