@@ -47,19 +47,32 @@ _I32 = wasmtime.ValType.i32()
 
 
 class _Memory:
-    """Bounds-checked access to an instance's memory, valid inside and outside calls."""
+    """Bounds-checked access to an instance's memory, valid inside and outside calls.
+
+    The base address and size are looked up once and kept until guest code runs
+    again (only guest code can grow, and so move, the memory): the instance calls
+    `changed()` after every call and every host function on entry. Looking them up
+    on each access cost more than the accesses themselves.
+    """
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
         self._store = store  # keeps the context below alive
         self._context = store._context()
         self._memory = ctypes.byref(memory._memory)
+        self._view: tuple[int, int] | None = None  # (base address, size)
+
+    def changed(self) -> None:
+        self._view = None
 
     def _span(self, ptr: int, length: int) -> int:
-        # Straight to the C API: wasmtime-py's wrappers cost microseconds per access.
-        size = wt_ffi.wasmtime_memory_data_size(self._context, self._memory)
+        view = self._view
+        if view is None:
+            size = wt_ffi.wasmtime_memory_data_size(self._context, self._memory)
+            data = wt_ffi.wasmtime_memory_data(self._context, self._memory)
+            view = self._view = (ctypes.addressof(data.contents), size)
+        base, size = view
         if ptr < 0 or length < 0 or ptr + length > size:
             raise IndexError(f"range {ptr}+{length} is outside the module's {size} bytes")
-        base = ctypes.addressof(wt_ffi.wasmtime_memory_data(self._context, self._memory).contents)
         return base + ptr
 
     def read(self, ptr: int, length: int) -> bytes:
@@ -184,6 +197,7 @@ class _Instance:
             raise _classify(self._module.name, err, self._limits.deadline_ms) from err
         finally:
             self._ticker.leave()
+            self._memory.changed()
 
     def close(self) -> None:
         self._store = None
@@ -296,6 +310,7 @@ def _trampoline(env: int | None, _caller: Any, values: Any, _count: int) -> int:
             raise errors.InvalidModule(
                 binding.module, f"called {fn.module}.{fn.name} before instantiation finished"
             )
+        memory.changed()
         result = fn.func(memory, *[values[i].i32 & 0xFFFFFFFF for i in range(fn.params)])
     except BaseException as err:
         _host_error.value = err
