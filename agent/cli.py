@@ -14,6 +14,7 @@ from agent import __version__
 from agent.config import load_config
 from agent.errors import AgentError
 from agent.reading import Reading
+from agent.supply._cli import register as register_supply
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
 
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--fuel", type=int, default=None, help="instruction budget per call")
     run.add_argument("--cache-dir", type=Path, default=None, help="compiled-module cache")
     run.set_defaults(handler=_module_run)
+    register_supply(commands, module)
 
     config = commands.add_parser("config", help="check config files").add_subparsers(
         title="config commands", metavar="COMMAND"
