@@ -4,135 +4,30 @@ round trips, every rejection case, automatic rollback, and a restart."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent import errors
-from agent.config import AgentConfig, parse_config
-from agent.reading import Reading, Value
-from agent.supply import InstalledModule, Supply, load_private_key, open_repository, package
+from agent.config import AgentConfig
+from agent.supply import open_repository
 from agent.supply import parse_reference as ref_of
-from agent.supply._copy import copy_artifact
 from agent.supply._oci import EMPTY_JSON, OCI_EMPTY, Descriptor, Manifest
 from agent.supply._referrers import attach_referrer, list_referrers
 from agent.supply._repo import check_manifest, read_blob
 from agent.supply._sign import BUNDLE_MEDIA_TYPE
-from agent.supply._signatures import sign
-from agent.wasm import Engine, Limits, ReactorModule, create_engine
 
-from .conftest import PASSWORD, KeyPair, Registry, make_keys, module_dir
-
-
-def agent_config(
-    tmp: Path, registry: Registry | None, keys: list[Path], **supply: Any
-) -> AgentConfig:
-    registries = []
-    if registry is not None:
-        registries.append({"host": registry.host, "insecure": registry.ca is None})
-        if registry.ca is not None:
-            registries[0].update(
-                ca=str(registry.ca),
-                username=registry.username,
-                password_file=str(registry.password_file),
-            )
-    data = {
-        "node": {"state_dir": str(tmp / "state")},
-        "supply": {
-            "trusted_keys": [str(k) for k in keys],
-            "registries": registries,
-            "retry_attempts": 2,
-            "retry_initial_s": 0.01,
-            **supply,
-        },
-    }
-    return parse_config(data, tmp / "agent.toml")
-
-
-async def publish(
-    config: AgentConfig, directory: Path, ref: str, key: KeyPair | None, *, legacy: bool = False
-) -> str:
-    """Package `directory`, push it to `ref`, sign it with `key` (unless None); its digest."""
-    packaged = await package(directory, directory / "oci")
-    src, dst = ref_of(f"oci:{packaged.layout}:{packaged.tag}"), ref_of(ref)
-    source, target = open_repository(src, config.supply), open_repository(dst, config.supply)
-    try:
-        fetched = await copy_artifact(source, src, target, dst.tag or "latest")
-        if key is not None:
-            await sign(target, fetched, load_private_key(key.private, PASSWORD), legacy=legacy)
-    finally:
-        await source.aclose()
-        await target.aclose()
-    return fetched.digest
-
-
-def reading(seq: int) -> Reading:
-    return Reading("pump-1", 1.0 + seq, seq, {"t": Value(1.5)})
-
-
-class Runtime:
-    """What the data path does with supply: smoke-test on the real engine, swap in, feed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.executed: list[str] = []
-        self.running: dict[str, tuple[str, ReactorModule]] = {}
-
-    def instantiate(self, m: InstalledModule) -> ReactorModule:
-        self.executed.append(m.digest)
-        limits = m.manifest.limits
-        return ReactorModule(
-            self.engine.compile(m.wasm_path.read_bytes(), m.name),
-            m.manifest.config,
-            limits=Limits(limits.memory_pages, limits.deadline_ms, limits.fuel),
-            emit_topics=m.manifest.capabilities.emit,
-        )
-
-    async def smoke_test(self, m: InstalledModule) -> None:
-        module = self.instantiate(m)
-        try:
-            for r in m.manifest.readings():
-                module.on_reading(r)
-        finally:
-            module.close()
-
-    async def on_activate(self, m: InstalledModule) -> None:
-        old = self.running.pop(m.name, None)
-        self.running[m.name] = (m.digest, self.instantiate(m))
-        if old:
-            old[1].close()
-
-    async def on_remove(self, name: str) -> None:
-        self.running.pop(name)[1].close()
-
-    async def feed(self, supply: Supply, name: str, seq: int) -> Any:
-        digest, module = self.running[name]
-        try:
-            module.on_reading(reading(seq))
-        except errors.ModuleError as err:
-            return await supply.record(name, digest, False, str(err))
-        return await supply.record(name, digest, True)
-
-    def close(self) -> None:
-        for _, module in self.running.values():
-            module.close()
-
-
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    engine = create_engine("wasmtime")
-    rt = Runtime(engine)
-    yield rt
-    rt.close()
-    engine.close()
-
-
-async def open_supply(config: AgentConfig, rt: Runtime) -> Supply:
-    return await Supply.create(
-        config, smoke_test=rt.smoke_test, on_activate=rt.on_activate, on_remove=rt.on_remove
-    )
+from .conftest import (
+    KeyPair,
+    Registry,
+    Runtime,
+    agent_config,
+    make_keys,
+    module_dir,
+    open_supply,
+    publish,
+)
 
 
 def test_deploy_from_registry_behind_tls_and_htpasswd(
