@@ -16,6 +16,7 @@ from agent.config import load_config
 from agent.errors import AgentError
 from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
+from agent.supply._cli import register as register_supply
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
 
 
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         help="preload a TFLite model for WASI-NN load_by_name (repeatable)",
     )
     run.set_defaults(handler=_module_run)
+    register_supply(commands, module)
 
     config = commands.add_parser("config", help="check config files").add_subparsers(
         title="config commands", metavar="COMMAND"

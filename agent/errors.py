@@ -80,3 +80,51 @@ class EmitRejected(ModuleError):
 
 class ModelError(AgentError):
     """An inference model cannot be used: unreadable, too large, or not a model we run."""
+
+
+class SupplyError(AgentError):
+    """A module could not be packaged, fetched, verified, installed or activated."""
+
+
+class PackageError(SupplyError):
+    """A module directory or OCI layout is invalid; the message names the file and key."""
+
+
+class KeyFileError(SupplyError):
+    """A key file is unreadable, in an unknown format, or the password is wrong."""
+
+
+class RegistryError(SupplyError):
+    """A registry refused a request (auth, not found, bad request)."""
+
+
+class ArtifactNotFound(RegistryError):
+    """The repository has no manifest or blob under that tag or digest."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached even after retries; the node keeps what it has."""
+
+
+class DigestMismatch(SupplyError):
+    """Content did not match the digest or size that pins it; `digest` names which."""
+
+    def __init__(self, digest: str, message: str) -> None:
+        super().__init__(f"{digest}: {message}")
+        self.digest = digest
+
+
+class SignatureError(SupplyError):
+    """No signature by a trusted key covers the artifact's manifest digest."""
+
+
+class PolicyViolation(SupplyError):
+    """The module asks for a capability or limit that local policy forbids."""
+
+
+class DowngradeRefused(SupplyError):
+    """The version is not newer than the running one and no downgrade was allowed."""
+
+
+class SmokeTestFailed(SupplyError):
+    """The staged version failed its smoke test; the running version stays."""

@@ -1,6 +1,6 @@
 """The agent's configuration: TOML files validated once into frozen models."""
 
-from agent.config._load import load_config, parse_config
+from agent.config._load import format_errors, load_config, parse_config
 from agent.config._models import (
     AgentConfig,
     EngineConfig,
@@ -19,6 +19,7 @@ __all__ = [
     "ModuleConfig",
     "NodeConfig",
     "WasiConfig",
+    "format_errors",
     "load_config",
     "parse_config",
 ]

@@ -111,6 +111,53 @@ class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class RegistryConfig(_Model):
+    host: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+    """`host[:port]` as it appears in module references."""
+    insecure: bool = False
+    """Plain HTTP instead of HTTPS; for loopback test registries only."""
+    ca: ConfigPath | None = None
+    """PEM CA bundle to trust for this registry instead of the system's."""
+    username: str | None = None
+    password_file: ConfigPath | None = None
+    """File holding the password (basic auth, or to get a bearer token)."""
+
+
+class PolicyConfig(_Model):
+    """What a module's manifest may ask for; anything beyond is refused at pull."""
+
+    emit: tuple[str, ...] = ("#",)
+    """Topic filters a module's `capabilities.emit` must fall within."""
+    models: bool = True
+    """Whether modules may ship and load models."""
+    max_model_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    wasi_dirs: tuple[str, ...] = ()
+    """Guest paths a module may ask to have preopened."""
+    wasi_writable: bool = False
+    wasi_env: tuple[str, ...] = ()
+    """Environment variable names a module may ask for."""
+    max_memory_pages: int = Field(1024, ge=1, le=65536)
+    max_deadline_ms: int = Field(10_000, ge=1)
+
+
+class RolloutConfig(_Model):
+    invocations: int = Field(20, ge=1)
+    """How many invocations of a new version the guard watches."""
+    max_faults: int = Field(2, ge=0)
+    """Faults (trap, missed deadline) tolerated among them; one more rolls back."""
+
+
+class SupplyConfig(_Model):
+    trusted_keys: tuple[ConfigPath, ...] = ()
+    """cosign.pub files; a module signed by any of them is trusted (for key rotation)."""
+    registries: tuple[RegistryConfig, ...] = ()
+    policy: PolicyConfig = PolicyConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    retry_attempts: int = Field(4, ge=1)
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(60.0, gt=0)
+
+
 class AgentConfig(_Model):
     node: NodeConfig = NodeConfig()
     engine: EngineConfig = EngineConfig()
@@ -119,6 +166,7 @@ class AgentConfig(_Model):
     modules: tuple[ModuleConfig, ...] = ()
     pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
+    supply: SupplyConfig = SupplyConfig()
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:

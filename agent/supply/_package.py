@@ -1,0 +1,123 @@
+"""`module package DIR`: a module directory in, an OCI image layout (Wasm layout) out.
+
+The manifest references the config, the module, its manifest layer and one layer per
+model, so one digest pins all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from agent.config import format_errors
+from agent.errors import PackageError
+from agent.supply._layout import LayoutRepository
+from agent.supply._manifest import ModuleManifest, ModuleToml
+from agent.supply._oci import (
+    MODEL_LAYER,
+    MODULE_MANIFEST_LAYER,
+    OCI_MANIFEST,
+    TITLE,
+    WASM_CONFIG,
+    WASM_LAYER,
+    Descriptor,
+    Manifest,
+)
+
+WASM_MAGIC = b"\0asm\x01\0\0\0"
+
+
+@dataclass(frozen=True)
+class Packaged:
+    layout: Path
+    tag: str
+    digest: str
+    manifest: ModuleManifest
+
+
+def read_module_dir(directory: Path) -> tuple[ModuleToml, ModuleManifest]:
+    path = directory / "module.toml"
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise PackageError(f"{path}: no module.toml in {directory}") from err
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise PackageError(f"{path}: cannot read: {err}") from err
+    try:
+        source = ModuleToml.model_validate(doc)
+    except ValidationError as err:
+        raise PackageError(f"{path}: {format_errors(err)}") from err
+    readings: list[object] = []
+    if source.test_readings is not None:
+        readings = _json_lines(directory / source.test_readings, path)
+    fields = source.model_dump(exclude={"wasm", "models", "test_readings"})
+    fields["capabilities"]["models"] = tuple(
+        dict.fromkeys([*source.capabilities.models, *source.models])
+    )
+    try:
+        manifest = ModuleManifest.model_validate({**fields, "test_readings": readings})
+    except ValidationError as err:
+        raise PackageError(f"{path}: {format_errors(err)}") from err
+    return source, manifest
+
+
+async def package(directory: Path, output: Path, tag: str | None = None) -> Packaged:
+    """Write the package for `directory` into the layout `output` under `tag` (the version)."""
+    source, manifest = read_module_dir(directory)
+    toml = directory / "module.toml"
+    wasm = _read(directory / source.wasm, toml, "wasm")
+    if not wasm.startswith(WASM_MAGIC):
+        raise PackageError(f"{toml}: wasm: {source.wasm} is not a WebAssembly module")
+    blobs: list[tuple[Descriptor, bytes]] = [
+        (Descriptor.of(WASM_LAYER, wasm, {TITLE: source.wasm.name}), wasm),
+        (Descriptor.of(MODULE_MANIFEST_LAYER, data := manifest.to_bytes()), data),
+    ]
+    for name, model in sorted(source.models.items()):
+        blob = _read(directory / model, toml, f"models.{name}")
+        blobs.append((Descriptor.of(MODEL_LAYER, blob, {TITLE: name}), blob))
+    created = float(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    config = json.dumps(
+        {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
+            "author": "edge-agent module package",
+            "architecture": "wasm",
+            "os": "wasip1",
+            "layerDigests": [d.digest for d, _ in blobs],
+            "component": None,
+        },
+        separators=(",", ":"),
+    ).encode()
+    config_desc = Descriptor.of(WASM_CONFIG, config)
+    oci = Manifest(config_desc, tuple(d for d, _ in blobs))
+    repo = LayoutRepository(output)
+    for descriptor, data in [(config_desc, config), *blobs]:
+        await repo.put_blob(data, descriptor.digest)
+    data = oci.to_bytes()
+    tag = tag or manifest.version
+    await repo.put_manifest(data, OCI_MANIFEST, tag)
+    return Packaged(output, tag, Descriptor.of(OCI_MANIFEST, data).digest, manifest)
+
+
+def _read(path: Path, toml: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise PackageError(f"{toml}: {key}: cannot read {path}: {err.strerror}") from err
+
+
+def _json_lines(path: Path, toml: Path) -> list[object]:
+    text = _read(path, toml, "test_readings").decode("utf-8", "replace")
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except ValueError as err:
+                raise PackageError(f"{path}:{number}: not JSON: {err}") from err
+    return out

@@ -1,0 +1,114 @@
+"""Desired and actual module state in SQLite, so a restarted agent resumes where it was.
+
+`modules` holds, per module name, the active (current) and the previous digest;
+`desired` the deploy requests not yet done (a node offline keeps them until it can
+pull); `rejected` the versions rolled back, with why. Every change is one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS modules (
+    name TEXT PRIMARY KEY, current TEXT NOT NULL, previous TEXT,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS desired (
+    ref TEXT PRIMARY KEY, allow_downgrade INTEGER NOT NULL,
+    status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    digest TEXT PRIMARY KEY, name TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ModuleState:
+    name: str
+    current: str
+    previous: str | None
+    status: str
+    """`active`, or `rolled-back` after the guard or an operator reverted a version."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    ref: str
+    allow_downgrade: bool
+    status: str
+    """`pending` until deployed (or failed for good: `failed`, with the reason)."""
+    reason: str
+
+
+class StateDB:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def modules(self) -> list[ModuleState]:
+        rows = self._db.execute(
+            "SELECT name, current, previous, status, reason FROM modules ORDER BY name"
+        )
+        return [ModuleState(*row) for row in rows]
+
+    def module(self, name: str) -> ModuleState | None:
+        row = self._db.execute(
+            "SELECT name, current, previous, status, reason FROM modules WHERE name = ?", (name,)
+        ).fetchone()
+        return ModuleState(*row) if row else None
+
+    def activate(
+        self, name: str, digest: str, previous: str | None, status: str, reason: str
+    ) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO modules VALUES (?, ?, ?, ?, ?, ?)",
+                (name, digest, previous, status, reason, time.time()),
+            )
+
+    def remove(self, name: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM modules WHERE name = ?", (name,))
+
+    def want(self, ref: str, allow_downgrade: bool) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO desired VALUES (?, ?, 'pending', '', ?)",
+                (ref, int(allow_downgrade), time.time()),
+            )
+
+    def settle(self, ref: str, status: str, reason: str = "") -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE desired SET status = ?, reason = ?, updated = ? WHERE ref = ?",
+                (status, reason, time.time(), ref),
+            )
+
+    def desired(self, status: str | None = None) -> list[DesiredState]:
+        rows = self._db.execute(
+            "SELECT ref, allow_downgrade, status, reason FROM desired"
+            + (" WHERE status = ?" if status else "")
+            + " ORDER BY updated",
+            (status,) if status else (),
+        )
+        return [DesiredState(r, bool(a), s, why) for r, a, s, why in rows]
+
+    def reject(self, digest: str, name: str, reason: str) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
+                (digest, name, reason, time.time()),
+            )
+
+    def rejection(self, digest: str) -> str | None:
+        row = self._db.execute("SELECT reason FROM rejected WHERE digest = ?", (digest,)).fetchone()
+        return str(row[0]) if row else None
