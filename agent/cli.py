@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.commands import add_command_commands
 from agent.config import load_config
+from agent.control import add_status_command
 from agent.errors import AgentError
 from agent.reading import Reading
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
@@ -75,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="validate a config file and print it in full")
     show.add_argument("path", type=Path)
     show.set_defaults(handler=_config_show)
+
+    add_status_command(commands)
+    add_command_commands(commands)
     return parser
 
 

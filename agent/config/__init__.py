@@ -1,24 +1,33 @@
 """The agent's configuration: TOML files validated once into frozen models."""
 
-from agent.config._load import load_config, parse_config
+from agent.config._load import format_errors, load_config, parse_config
 from agent.config._models import (
+    NAME_PATTERN,
     AgentConfig,
+    CommandsConfig,
+    ControlConfig,
     EngineConfig,
     LimitsConfig,
     LoggingConfig,
+    MetricsConfig,
     ModuleConfig,
     NodeConfig,
     WasiConfig,
 )
 
 __all__ = [
+    "NAME_PATTERN",
     "AgentConfig",
+    "CommandsConfig",
+    "ControlConfig",
     "EngineConfig",
     "LimitsConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModuleConfig",
     "NodeConfig",
     "WasiConfig",
+    "format_errors",
     "load_config",
     "parse_config",
 ]
