@@ -61,6 +61,3 @@ class ResponseCache:
 
     def forget(self, key: Hashable) -> None:
         self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -4,7 +4,7 @@ The MQTT adapter subscribes to `subscriptions()`, hands every message to `handle
 publishes the `Reply` it gets back (to the MQTT 5 response topic with its correlation
 data when the request had one, else to `<command topic>/response`). Checks run cheapest
 first and a refused command never reaches a handler: size, rate, JSON shape, allow list,
-signature and replay, duplicate id, then the arguments. A duplicate id gets the first
+signature, duplicate id, replay (nonce), then the arguments. A duplicate id gets the first
 answer again; refusals are not cached, so a refused id can be retried.
 
 Responses: `{"id", "node", "status": "ok", "data", "error": null}` or
@@ -148,13 +148,15 @@ class CommandRouter:
         allow = self._config.allow
         if allow is not None and name not in allow:
             raise CommandRejected("unauthorized", f"{name!r} is not allowed on this node")
-        if self._verifier is not None:
-            self._verifier.verify(topic, request)
+        verifier = self._verifier
+        signed = None if verifier is None else verifier.authenticate(topic, request)
         key = (name, request["id"])
         earlier = self._cache.get(key)
         if earlier is not None:
             log.info("command %s id %r is a duplicate: answering again", topic, request["id"])
             return await earlier
+        if verifier is not None and signed is not None:
+            verifier.claim_nonce(*signed)
         future = self._cache.claim(key)
         try:
             body = await self._dispatch(command, request)

@@ -110,7 +110,12 @@ class CommandVerifier:
         self._seen: set[str] = set()
         self._expiry: list[tuple[float, str]] = []
 
-    def verify(self, topic: str, request: Mapping[str, Any]) -> None:
+    def authenticate(self, topic: str, request: Mapping[str, Any]) -> tuple[int, str]:
+        """Check signature and timestamp; return (ts, nonce) for `claim_nonce`.
+
+        Split from the nonce check so the router can answer a re-delivered request
+        (same id, same nonce) from its response cache instead of calling it a replay.
+        """
         ts, nonce, signature = _signed_fields(request)
         now = self._clock()
         if abs(now - ts) > self._skew:
@@ -122,7 +127,11 @@ class CommandVerifier:
         message = signed_bytes(topic, request)
         if not any(_valid(key, signature, message) for key in self._keys):
             raise CommandRejected("unauthorized", "the signature is not from a trusted key")
-        self._forget_expired(now)
+        return ts, nonce
+
+    def claim_nonce(self, ts: int, nonce: str) -> None:
+        """Refuse a nonce seen within the window; remember it until it leaves the window."""
+        self._forget_expired(self._clock())
         if nonce in self._seen:
             raise CommandRejected("replayed", f"nonce {nonce!r} was already used")
         if len(self._seen) >= MAX_NONCES:
@@ -134,10 +143,6 @@ class CommandVerifier:
         while self._expiry and self._expiry[0][0] < now:
             _, nonce = heapq.heappop(self._expiry)
             self._seen.discard(nonce)
-
-    def __len__(self) -> int:
-        """Nonces remembered now."""
-        return len(self._seen)
 
 
 def _signed_fields(request: Mapping[str, Any]) -> tuple[int, str, bytes]:
