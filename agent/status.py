@@ -9,8 +9,6 @@ Parsing ignores unknown keys so an older `edge-agent status` can read a newer ag
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -137,28 +135,3 @@ def judge(snapshot: StatusSnapshot) -> Health:
             reasons.append(f"module {module.name!r} failed{why}")
     return Health(healthy=not reasons, reasons=tuple(reasons))
 
-
-class LatencyWindow:
-    """The latest `size` call durations, for p50/p99 in a module's status.
-
-    A bounded window, not a histogram since start: an operator asks how a module runs
-    now, and memory stays fixed however long the agent runs.
-    """
-
-    def __init__(self, size: int = 1024) -> None:
-        if size < 1:
-            raise ValueError(f"latency window size must be at least 1, got {size}")
-        self._recent: deque[float] = deque(maxlen=size)
-
-    def add(self, seconds: float) -> None:
-        self._recent.append(seconds)
-
-    def percentile_ms(self, p: float) -> float | None:
-        """The nearest-rank percentile `p` (0 < p <= 100) in milliseconds; None if empty."""
-        if not 0 < p <= 100:
-            raise ValueError(f"percentile must be in (0, 100], got {p}")
-        if not self._recent:
-            return None
-        ordered = sorted(self._recent)
-        rank = max(1, math.ceil(p / 100 * len(ordered)))
-        return ordered[rank - 1] * 1000

@@ -1,23 +1,26 @@
 """Status snapshots for the ops tests, built from real components where there are any.
 
-The engine part comes from a real wasmtime engine and the module figures from real calls
-of the `scale` module timed with `LatencyWindow`; devices and MQTT are described as their
-pollers and client will report them, since those components live on other branches.
+The engine part comes from a real wasmtime engine and the module figures from a real
+`ModuleHost` running the `scale` module; devices and MQTT are described as their pollers
+and client will report them, since those components live on other branches.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import time
+from dataclasses import asdict
 
 from agent import __version__
 from agent.reading import Reading, Value
+from agent.runtime import ModuleHost, ModuleStats
 from agent.status import (
     AgentStatus,
     DeviceState,
     DeviceStatus,
     EngineStatus,
-    LatencyWindow,
     ModelStatus,
     ModuleStatus,
     MqttStatus,
@@ -30,36 +33,35 @@ from .conftest import module_bytes
 SCALE_CONFIG = {"topic": "scaled", "channels": {"temperature": {"scale": 0.1, "to": "degF"}}}
 
 
+@functools.cache
 def run_scale(calls: int) -> tuple[EngineStatus, ModuleStatus]:
-    """Run `scale` `calls` times on wasmtime and report it as the runtime would."""
+    """Run `scale` `calls` times in a module host and report it as the runtime would.
+
+    Cached: the figures are what they are, and compiling once keeps the tests quick.
+    """
     engine = create_engine("wasmtime")
-    try:
-        compiled = engine.compile(module_bytes("scale"), "scale")
-        module = ReactorModule(compiled, SCALE_CONFIG)
-        window = LatencyWindow(64)
-        try:
-            for seq in range(calls):
-                reading = Reading(
-                    "pump-1", 1764118800.0 + seq, seq, {"temperature": Value(600.0 + seq, "degC")}
-                )
-                start = time.perf_counter()
-                module.on_reading(reading)
-                window.add(time.perf_counter() - start)
-        finally:
-            module.close()
-            compiled.close()
-        status = ModuleStatus(
-            name="scale",
+    compiled = engine.compile(module_bytes("scale"), "scale")
+
+    async def run() -> ModuleStats:
+        host = await ModuleHost.start(
+            "scale",
+            lambda: ReactorModule(compiled, SCALE_CONFIG),
             version="1.0.0",
             digest="sha256:" + "ab" * 32,
-            state="running",
-            invocations=calls,
-            p50_ms=window.percentile_ms(50),
-            p99_ms=window.percentile_ms(99),
-            memory_pages=17,
         )
-        return EngineStatus.of(engine), status
+        try:
+            for seq in range(calls):
+                temperature = {"temperature": Value(600.0 + seq, "degC")}
+                await host.process(Reading("pump-1", 1764118800.0 + seq, seq, temperature))
+            return host.stats()
+        finally:
+            await host.close()
+
+    try:
+        stats = asyncio.run(run())
+        return EngineStatus.of(engine), ModuleStatus(**asdict(stats), memory_pages=17)
     finally:
+        compiled.close()
         engine.close()
 
 

@@ -110,13 +110,14 @@ def test_status_reads_the_socket_path_from_the_config(tmp_path: Path) -> None:
 
 def test_a_failing_provider_is_reported_and_the_server_keeps_serving(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
+    snapshot = make_snapshot()
     calls = []
 
     def provider() -> StatusSnapshot:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("supervisor not started")
-        return make_snapshot()
+        return snapshot
 
     async def body() -> tuple[tuple[int, str, str], StatusSnapshot]:
         first = await edge_agent("status", "--socket", str(sock))
@@ -130,6 +131,7 @@ def test_a_failing_provider_is_reported_and_the_server_keeps_serving(tmp_path: P
 
 def test_unknown_ops_and_garbage_get_an_error_answer(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
+    snapshot = make_snapshot()
 
     def raw(line: bytes) -> bytes:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -140,7 +142,7 @@ def test_unknown_ops_and_garbage_get_an_error_answer(tmp_path: Path) -> None:
     async def body() -> list[bytes]:
         return [await asyncio.to_thread(raw, line) for line in (b"{nope\n", b'{"op": "reboot"}\n')]
 
-    garbage, unknown = serving(sock, make_snapshot, body)
+    garbage, unknown = serving(sock, lambda: snapshot, body)
     assert json.loads(garbage) == {"ok": False, "error": "request is not JSON: b'{nope\\n'"}
     assert json.loads(unknown) == {
         "ok": False,
@@ -151,28 +153,29 @@ def test_unknown_ops_and_garbage_get_an_error_answer(tmp_path: Path) -> None:
         with pytest.raises(ControlError, match="unknown op 'reboot'"):
             await asyncio.to_thread(request, sock, "reboot")
 
-    serving(sock, make_snapshot, refused)
+    serving(sock, lambda: snapshot, refused)
 
 
 def test_a_stale_socket_is_replaced_but_a_live_one_is_not_stolen(tmp_path: Path) -> None:
     sock = tmp_path / "control.sock"
+    snapshot = make_snapshot()
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(sock))
     dead.close()  # the file stays, nobody listens: what a killed agent leaves
 
     async def second_server() -> None:
         with pytest.raises(ControlError, match="another agent is serving"):
-            async with ControlServer(sock, make_snapshot):
+            async with ControlServer(sock, lambda: snapshot):
                 pass
 
-    serving(sock, make_snapshot, second_server)
+    serving(sock, lambda: snapshot, second_server)
 
     regular = tmp_path / "file"
     regular.write_text("x")
 
     async def not_a_socket() -> None:
         with pytest.raises(ControlError, match="is not a socket"):
-            async with ControlServer(regular, make_snapshot):
+            async with ControlServer(regular, lambda: snapshot):
                 pass
 
     asyncio.run(not_a_socket())

@@ -69,11 +69,13 @@ def test_label_values_are_escaped() -> None:
 
 
 def test_a_port_in_use_is_a_clear_error() -> None:
+    snapshot = make_snapshot()
+
     async def main() -> None:
-        async with MetricsServer("127.0.0.1:0", make_snapshot) as first:
+        async with MetricsServer("127.0.0.1:0", lambda: snapshot) as first:
             taken = rf"cannot serve metrics on 127.0.0.1:{first.port}"
             with pytest.raises(AgentError, match=taken):
-                async with MetricsServer(f"127.0.0.1:{first.port}", make_snapshot):
+                async with MetricsServer(f"127.0.0.1:{first.port}", lambda: snapshot):
                     pass
 
     asyncio.run(main())

@@ -1,4 +1,4 @@
-"""The status snapshot: its JSON form, the health verdict and latency percentiles."""
+"""The status snapshot: its JSON form and the health verdict."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.status import LatencyWindow, StatusSnapshot, judge
+from agent.status import StatusSnapshot, judge
 
 from .snapshots import make_snapshot
 
@@ -50,15 +50,3 @@ def test_newer_agents_fields_are_ignored_by_older_clients() -> None:
     doc["agent"]["something_new"] = 1
     doc["future_section"] = {}
     assert StatusSnapshot.model_validate(doc).agent.node_id == "gateway-17"
-
-
-def test_latency_window_is_nearest_rank_over_the_latest_calls() -> None:
-    window = LatencyWindow(100)
-    assert window.percentile_ms(50) is None
-    for ms in range(1, 201):  # only 101..200 stay in the window
-        window.add(ms / 1000)
-    assert window.percentile_ms(50) == pytest.approx(150)
-    assert window.percentile_ms(99) == pytest.approx(199)
-    assert window.percentile_ms(100) == pytest.approx(200)
-    with pytest.raises(ValueError, match="percentile must be in"):
-        window.percentile_ms(0)
