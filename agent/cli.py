@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.commands import add_command_commands
 from agent.config import load_config
+from agent.control import add_status_command
 from agent.errors import AgentError
 from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
@@ -87,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     show = config.add_parser("show", help="validate a config file and print it in full")
     show.add_argument("path", type=Path)
     show.set_defaults(handler=_config_show)
+
+    add_status_command(commands)
+    add_command_commands(commands)
     return parser
 
 

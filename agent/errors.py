@@ -128,3 +128,24 @@ class DowngradeRefused(SupplyError):
 
 class SmokeTestFailed(SupplyError):
     """The staged version failed its smoke test; the running version stays."""
+
+
+class ControlError(AgentError):
+    """The control socket could not be served or gave an answer that makes no sense."""
+
+
+class AgentNotRunning(ControlError):
+    """Nothing listens on the control socket: the agent is not running there."""
+
+
+class CommandRejected(AgentError):
+    """An MQTT command was refused before any handler ran; `code` says why, for the reply."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = message
+
+
+class CommandFailed(AgentError):
+    """A command handler could not do what was asked; the message goes into the reply."""

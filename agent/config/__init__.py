@@ -2,20 +2,28 @@
 
 from agent.config._load import format_errors, load_config, parse_config
 from agent.config._models import (
+    NAME_PATTERN,
     AgentConfig,
+    CommandsConfig,
+    ControlConfig,
     EngineConfig,
     LimitsConfig,
     LoggingConfig,
+    MetricsConfig,
     ModuleConfig,
     NodeConfig,
     WasiConfig,
 )
 
 __all__ = [
+    "NAME_PATTERN",
     "AgentConfig",
+    "CommandsConfig",
+    "ControlConfig",
     "EngineConfig",
     "LimitsConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ModuleConfig",
     "NodeConfig",
     "WasiConfig",

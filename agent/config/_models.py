@@ -158,6 +158,48 @@ class SupplyConfig(_Model):
     retry_max_s: float = Field(60.0, gt=0)
 
 
+class ControlConfig(_Model):
+    socket: ConfigPath = Path("/run/edge-agent/control.sock")
+    """The local control socket `edge-agent status` asks; in systemd's RuntimeDirectory."""
+
+
+class CommandsConfig(_Model):
+    enabled: bool = True
+    allow: tuple[str, ...] | None = None
+    """Command names this node accepts; every command when unset."""
+    max_payload_bytes: int = Field(65536, ge=64, le=16 * 1024 * 1024)
+    rate_per_s: float = Field(5.0, gt=0)
+    """Sustained commands per second; `burst` more may arrive at once."""
+    burst: int = Field(20, ge=1)
+    dedupe_size: int = Field(256, ge=1, le=100_000)
+    """Recent responses kept so a duplicate id is answered again, not run again."""
+    require_signature: bool = False
+    trusted_keys: tuple[ConfigPath, ...] = ()
+    """PEM ECDSA P-256 public keys (like cosign.pub) that may sign commands."""
+    max_skew_s: int = Field(300, ge=1, le=86400)
+    """How far a signed command's timestamp may be from this node's clock."""
+
+    @model_validator(mode="after")
+    def _keys_when_signing(self) -> CommandsConfig:
+        if self.require_signature and not self.trusted_keys:
+            raise ValueError("require_signature = true needs at least one trusted_keys entry")
+        return self
+
+
+def _listen_address(value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {value!r}")
+    return value
+
+
+class MetricsConfig(_Model):
+    listen: Annotated[str | None, AfterValidator(_listen_address)] = None
+    """`HOST:PORT` of the Prometheus endpoint (GET /metrics); off unless set."""
+
+
 class AgentConfig(_Model):
     node: NodeConfig = NodeConfig()
     engine: EngineConfig = EngineConfig()
@@ -167,6 +209,11 @@ class AgentConfig(_Model):
     pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
     supply: SupplyConfig = SupplyConfig()
+
+
+    control: ControlConfig = ControlConfig()
+    commands: CommandsConfig = CommandsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:
