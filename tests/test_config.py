@@ -77,7 +77,6 @@ def test_config_is_frozen(tmp_path: Path) -> None:
             '[[modules]]\nname = "b"\npath = "y"\nafter = "a"\n',
             "modules feed each other in a loop: a -> b",
         ),
-        ('[[modules]]\nname = "a"\npath = "x"\nqos = 2\n', "modules.0.qos: Input should be 0 or 1"),
         ("[pipeline]\nqueue_size = 0\n", "pipeline.queue_size: Input should be greater than"),
         ("[engine\n", "not valid TOML"),
     ],

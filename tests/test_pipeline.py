@@ -49,11 +49,12 @@ async def host(engine: Engine, name: str, config: dict[str, Any], **kw: Any) -> 
 def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine) -> None:
     async def scenario() -> ListSink:
         sink = ListSink()
-        pipeline = Pipeline(sink, ROOT, raw_qos=0)
+        qos = {"scaled": 1, "stats": 0}
+        pipeline = Pipeline(sink, ROOT, raw_readings=True, qos_for=lambda t: qos.get(t, 0))
         scale = {"topic": "scaled", "channels": {"temperature": {"to": "degF"}}}
         pipeline.add(await host(engine, "scale", scale), Route(devices=frozenset({"pump-1"})))
         stats = {"topic": "stats", "window": 4, "every": 2}
-        pipeline.add(await host(engine, "window-stats", stats), Route(after="scale", qos=0))
+        pipeline.add(await host(engine, "window-stats", stats), Route(after="scale"))
         async with pipeline:
             for seq in range(20):
                 await pipeline.on_reading(reading("pump-1", seq, 20.0 + seq))

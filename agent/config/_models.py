@@ -91,8 +91,6 @@ class ModuleConfig(_Model):
     """Devices whose readings the module takes; empty means every device."""
     after: str | None = None
     """Take the reading documents another module emits instead of devices' readings."""
-    qos: Literal[0, 1] = 1
-    """MQTT QoS of the module's messages."""
     models: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ConfigPath] = Field(
         default_factory=dict
     )
@@ -102,7 +100,6 @@ class ModuleConfig(_Model):
 class PipelineConfig(_Model):
     raw_readings: bool = False
     """Also publish every device reading as is, on `<prefix>/<node>/devices/<device>`."""
-    raw_qos: Literal[0, 1] = 0
     queue_size: int = Field(1000, ge=1, le=1_000_000)
     """Readings queued per module before its devices wait for it (backpressure)."""
 

@@ -38,4 +38,4 @@ def reactor_factory(
 
 
 def route_of(module: ModuleConfig) -> Route:
-    return Route(devices=frozenset(module.devices), after=module.after, qos=module.qos)
+    return Route(devices=frozenset(module.devices), after=module.after)

@@ -38,13 +38,12 @@ class Sink(Protocol):
 
 @dataclass(frozen=True)
 class Route:
-    """Where a module takes its readings from and how its messages are published."""
+    """Where a module takes its readings from."""
 
     devices: frozenset[str] = frozenset()
     """Devices whose readings the module takes; empty means every device."""
     after: str | None = None
     """Take the reading documents this module emits instead of devices' readings."""
-    qos: int = 1
 
 
 @dataclass
@@ -57,20 +56,25 @@ class _Stage:
 
 
 class Pipeline:
-    """Routes readings to modules and their messages to the sink under `topic_root`."""
+    """Routes readings to modules and their messages to the sink under `topic_root`.
+
+    `qos_for` gives the QoS of a topic relative to the root (the MQTT config's routes).
+    """
 
     def __init__(
         self,
         sink: Sink,
         topic_root: str,
         *,
-        raw_qos: int | None = None,
+        qos_for: Callable[[str], int] = lambda _topic: 1,
+        raw_readings: bool = False,
         queue_size: int = 1000,
         on_outcome: Outcome | None = None,
     ) -> None:
         self._sink = sink
         self._root = topic_root
-        self._raw_qos = raw_qos
+        self._qos_for = qos_for
+        self._raw = raw_readings
         self._queue_size = queue_size
         self._on_outcome = on_outcome
         self._stages: dict[str, _Stage] = {}
@@ -125,10 +129,9 @@ class Pipeline:
 
     async def on_reading(self, reading: Reading) -> None:
         """Take one device reading: publish it raw if configured, queue it for modules."""
-        if self._raw_qos is not None:
-            payload = encode_reading_line(reading).rstrip(b"\n")
-            await self._sink.put(
-                f"{self._root}/devices/{reading.device}", payload, qos=self._raw_qos
+        if self._raw:
+            await self._publish(
+                f"devices/{reading.device}", encode_reading_line(reading).rstrip(b"\n")
             )
         for stage in list(self._stages.values()):
             route = stage.route
@@ -173,11 +176,12 @@ class Pipeline:
         self._tell(host, None)
         followers = [s for s in self._stages.values() if s.route.after == host.name]
         for message in messages:
-            await self._sink.put(
-                f"{self._root}/{message.topic}", message.payload, qos=stage.route.qos
-            )
+            await self._publish(message.topic, message.payload)
             if followers:
                 await self._feed(stage, message, followers)
+
+    async def _publish(self, topic: str, payload: bytes) -> None:
+        await self._sink.put(f"{self._root}/{topic}", payload, qos=self._qos_for(topic))
 
     async def _feed(self, stage: _Stage, message: Message, followers: list[_Stage]) -> None:
         try:
