@@ -76,3 +76,11 @@ class CallFailed(ModuleError):
 
 class EmitRejected(ModuleError):
     """An emit broke a rule: bad or forbidden topic, oversized payload, bad pointer."""
+
+
+class OutboxError(AgentError):
+    """The durable outbox cannot be opened or written (in use, corrupt, disk full)."""
+
+
+class MqttUnavailable(AgentError):
+    """A direct publish needs a broker connection and there is none right now."""

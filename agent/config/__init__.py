@@ -7,7 +7,10 @@ from agent.config._models import (
     LimitsConfig,
     LoggingConfig,
     ModuleConfig,
+    MqttConfig,
     NodeConfig,
+    OutboxConfig,
+    TlsConfig,
     WasiConfig,
 )
 
@@ -17,7 +20,10 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "ModuleConfig",
+    "MqttConfig",
     "NodeConfig",
+    "OutboxConfig",
+    "TlsConfig",
     "WasiConfig",
     "load_config",
     "parse_config",
