@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS dropped (
     count INTEGER NOT NULL
 );
 """
-_COLUMNS = "id, topic, payload, qos, retain, created, content_type"
+_COLUMNS = "id, topic, payload, qos, retain, created, content_type, size"
 _HEAD_SCAN = 512
 """Rows read per step when dropping from the head."""
 
@@ -96,6 +96,8 @@ class Message:
     retain: bool
     created: float
     content_type: str | None
+    size: int
+    """Bytes counted against `max_bytes`: topic plus payload."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +141,9 @@ class Outbox:
         self._limits = limits
         self._clock = clock
         self._pending: list[tuple[str, bytes, int, int, float, str | None, int]] = []
-        self._acks: list[int] = []
+        self._acks: dict[int, int] = {}
+        self._dropped_up_to = 0
+        """Drops take the head: every id up to this one is gone."""
         self._batch: asyncio.Future[None] | None = None
         self._flush_scheduled = False
         self._arrived: asyncio.Event | None = None
@@ -230,7 +234,7 @@ class Outbox:
     def ack(self, message: Message) -> None:
         """Delete a message the broker acknowledged (committed with the next group)."""
         self._open_db()
-        self._acks.append(message.id)
+        self._acks[message.id] = message.size
         self._schedule_flush()
 
     def read(self, after_id: int, limit: int) -> list[Message]:
@@ -242,7 +246,7 @@ class Outbox:
             f"SELECT {_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, limit),
         ).fetchall()
-        return [Message(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+        return [Message(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], r[7]) for r in rows]
 
     async def next_batch(self, after_id: int, limit: int) -> list[Message]:
         """Like `read`, but waits until there is at least one message."""
@@ -277,18 +281,16 @@ class Outbox:
         if self._db is None or not (self._pending or self._acks or self._age_check_due()):
             return
         rows, self._pending = self._pending, []
-        acks, self._acks = self._acks, []
+        acks, self._acks = self._acks, {}
         batch, self._batch = self._batch, None
         db = self._db
+        floor = self._dropped_up_to
         try:
             db.execute("BEGIN")
-            for message_id in acks:
-                gone = db.execute(
-                    "DELETE FROM messages WHERE id = ? RETURNING size", (message_id,)
-                ).fetchone()
-                if gone is not None:
-                    self._depth -= 1
-                    self._bytes -= gone[0]
+            db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in acks])
+            live = [size for i, size in acks.items() if i > floor]  # not dropped already
+            self._depth -= len(live)
+            self._bytes -= sum(live)
             db.executemany(
                 "INSERT INTO messages (topic, payload, qos, retain, created, content_type, size)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -301,6 +303,7 @@ class Outbox:
         except sqlite3.Error as err:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            self._dropped_up_to = floor
             self._recount(db)
             failure = OutboxError(f"outbox {self.path}: write failed: {err}")
             if batch is not None:
@@ -352,6 +355,7 @@ class Outbox:
         if last_id is None:
             return {}
         db.execute("DELETE FROM messages WHERE id <= ?", (last_id,))
+        self._dropped_up_to = last_id
         for reason, count in dropped.items():
             if count:
                 self._dropped[reason] += count
