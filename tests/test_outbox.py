@@ -111,3 +111,20 @@ def test_a_closed_outbox_refuses_use(tmp_path: Path) -> None:
     outbox.close()
     with pytest.raises(OutboxError, match="closed"):
         outbox.read(0, 1)
+
+
+def test_an_ack_for_a_message_dropped_meanwhile_does_not_miscount(tmp_path: Path) -> None:
+    with Outbox.open(tmp_path / "o.sqlite", OutboxLimits(max_messages=5)) as outbox:
+        put_seq(outbox, range(5))
+        in_flight = outbox.read(0, 2)  # being published while new data pushes them out
+        put_seq(outbox, range(5, 8))
+
+        async def ack() -> None:
+            for m in in_flight:
+                outbox.ack(m)
+            await asyncio.sleep(0)
+
+        asyncio.run(ack())
+        stats = outbox.stats()
+        assert payloads(outbox) == [3, 4, 5, 6, 7]
+        assert (stats.depth, stats.bytes) == (5, 5 * len("t/seq0"))
