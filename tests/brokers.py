@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BROKER_INFLIGHT = 20
+"""QoS 1 messages the broker sends a subscriber before waiting for its PUBACKs."""
 
 
 def free_port() -> int:
@@ -62,6 +64,7 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1",
             f"persistence true\npersistence_location {workdir}/",
             "max_queued_messages 0",
+            f"max_inflight_messages {BROKER_INFLIGHT}",
             f"log_dest file {workdir}/mosquitto.log",
         ]
         if os.geteuid() == 0:
