@@ -149,3 +149,11 @@ class CommandRejected(AgentError):
 
 class CommandFailed(AgentError):
     """A command handler could not do what was asked; the message goes into the reply."""
+
+
+class OutboxError(AgentError):
+    """The durable outbox cannot be opened or written (in use, corrupt, disk full)."""
+
+
+class MqttUnavailable(AgentError):
+    """A direct publish needs a broker connection and there is none right now."""

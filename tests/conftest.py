@@ -1,4 +1,4 @@
-"""Shared fixtures: the engines under test and the built guest modules.
+"""Shared fixtures: the engines under test, the built guest modules, MQTT peers.
 
 Every engine test runs on each available engine. WasmEdge is not on the package
 registries, so its cases are skipped, with the reason, where the library is absent.
@@ -14,6 +14,8 @@ import pytest
 from agent.errors import EngineUnavailable
 from agent.wasm import Engine, create_engine
 from agent.wasm.wasmedge import find_library
+
+pytest_plugins = ["tests.brokers"]
 
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "modules" / "dist"

@@ -11,7 +11,10 @@ from agent.config._models import (
     LoggingConfig,
     MetricsConfig,
     ModuleConfig,
+    MqttConfig,
     NodeConfig,
+    OutboxConfig,
+    TlsConfig,
     WasiConfig,
 )
 
@@ -25,7 +28,10 @@ __all__ = [
     "LoggingConfig",
     "MetricsConfig",
     "ModuleConfig",
+    "MqttConfig",
     "NodeConfig",
+    "OutboxConfig",
+    "TlsConfig",
     "WasiConfig",
     "format_errors",
     "load_config",

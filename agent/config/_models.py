@@ -6,13 +6,23 @@ trusts them. Relative paths are resolved against the config file's directory.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    model_validator,
+)
 
-from agent.wasm import Limits, Preopen, WasiSpec
+from agent.wasm import Limits, Preopen, WasiSpec, topic_allowed
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -197,6 +207,129 @@ class MetricsConfig(_Model):
     """`HOST:PORT` of the Prometheus endpoint (GET /metrics); off unless set."""
 
 
+TOPIC_LEVEL_PATTERN = r"^[^+#/\x00]+(/[^+#/\x00]+)*$"
+"""A topic without wildcards or empty levels."""
+
+
+class TlsConfig(_Model):
+    """TLS to the broker; the SSL context is built once, at load, so bad files fail there."""
+
+    ca: ConfigPath | None = None
+    """CA bundle that signs the broker's certificate; the system trust store unless set."""
+    cert: ConfigPath | None = None
+    """Client certificate (PEM) for mutual TLS; needs `key`."""
+    key: ConfigPath | None = None
+    insecure: bool = False
+    """Skip verifying the broker's certificate and host name. Never in production."""
+    _context: ssl.SSLContext = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _build_context(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together (mutual TLS needs both)")
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.cert is not None:
+                context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError(f"cannot load the TLS files ({err}); expected PEM files") from err
+        if self.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self._context = context
+        return self
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+
+class MqttConfig(_Model):
+    host: str = "localhost"
+    port: int | None = Field(None, ge=1, le=65535)
+    """1883, or 8883 with TLS, unless set."""
+    protocol: Literal["3.1.1", "5"] = "5"
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: str | None = None
+    password_file: ConfigPath | None = None
+    """Read once at load; its first line is the password. Excludes `password`."""
+    keepalive: int = Field(30, ge=5, le=65535)
+    client_id: str | None = Field(None, min_length=1, max_length=128)
+    """The node id unless set."""
+    topic_prefix: str = Field("edge", pattern=TOPIC_LEVEL_PATTERN)
+    qos: Literal[0, 1] = 1
+    """QoS of every published route not listed in `routes`."""
+    routes: dict[str, Literal[0, 1]] = Field(default_factory=dict)
+    """QoS by topic filter relative to `<prefix>/<node>/`; the first match in file order."""
+    max_inflight: int = Field(32, ge=1, le=65535)
+    """QoS 1 messages sent and not yet acknowledged, at most."""
+    connect_timeout_s: float = Field(10.0, gt=0, le=600)
+    """How long to wait for the broker's CONNACK (a TLS handshake refused late shows here)."""
+    reconnect_min_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(30.0, gt=0, le=3600)
+    embedded: bool = False
+    """Run the embedded broker (amqtt, MQTT 3.1.1 only) on `host`:`port`, a loopback
+    address: for the demo, when no external broker is configured."""
+    _password: str | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set mqtt.password or mqtt.password_file, not both")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("mqtt.reconnect_max_s must be at least mqtt.reconnect_min_s")
+        if self.embedded and self.protocol != "3.1.1":
+            raise ValueError('the embedded broker (amqtt) speaks MQTT 3.1.1 only: use "3.1.1"')
+        if self.embedded and not _is_loopback(self.host):
+            raise ValueError(f"the embedded broker listens on loopback only, not {self.host!r}")
+        self._password = self.password
+        if self.password_file is not None:
+            try:
+                lines = self.password_file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                raise ValueError(f"cannot read mqtt.password_file: {err}") from err
+            self._password = lines[0] if lines else ""
+        return self
+
+    @property
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.tls is not None else 1883)
+
+    @property
+    def secret(self) -> str | None:
+        """The password, from `password` or `password_file`."""
+        return self._password
+
+    def qos_for(self, relative_topic: str) -> int:
+        for topic_filter, qos in self.routes.items():
+            if topic_allowed(relative_topic, (topic_filter,)):
+                return qos
+        return self.qos
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OutboxConfig(_Model):
+    path: ConfigPath | None = None
+    """The SQLite file; `outbox.sqlite` in `node.state_dir` unless set."""
+    max_messages: int = Field(1_000_000, ge=1)
+    max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_age_s: float | None = Field(7 * 24 * 3600.0, gt=0)
+    """Older messages are dropped (oldest first, counted); never unless set."""
+    drain_rate: float | None = Field(None, gt=0)
+    """Messages per second published at most, backlog and new data alike; unlimited unless set."""
+    synchronous: Literal["normal", "full"] = "normal"
+    """normal: survives a crash or SIGKILL of the agent; full: also power loss (fsync)."""
+
+
 class AgentConfig(_Model):
     node: NodeConfig = NodeConfig()
     engine: EngineConfig = EngineConfig()
@@ -211,6 +344,10 @@ class AgentConfig(_Model):
     control: ControlConfig = ControlConfig()
     commands: CommandsConfig = CommandsConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+
+    mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:
@@ -236,3 +373,7 @@ class AgentConfig(_Model):
 
     def limits_for(self, module: ModuleConfig) -> Limits:
         return (module.limits or self.limits).to_limits()
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.node.state_dir / "outbox.sqlite"

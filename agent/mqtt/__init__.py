@@ -1,0 +1,9 @@
+"""MQTT: the broker link that drains the durable outbox, subscriptions, the embedded broker.
+
+Only this package imports aiomqtt, paho-mqtt and amqtt.
+"""
+
+from agent.mqtt._embedded import EmbeddedBroker
+from agent.mqtt._link import Handler, Incoming, LinkState, MqttLink
+
+__all__ = ["EmbeddedBroker", "Handler", "Incoming", "LinkState", "MqttLink"]

@@ -1,0 +1,394 @@
+"""The MQTT link: one broker connection that drains the outbox and serves subscriptions.
+
+Owns the connection's lifecycle (connect, retained status and last will, reconnect with
+exponential backoff and jitter) and the order of publication: outbox messages go out
+strictly in id order, at most `max_inflight` QoS 1 messages unacknowledged, each deleted
+from the outbox when its PUBACK arrives (QoS 0: once written). After a reconnect it
+starts again from the oldest unacknowledged message, so a message whose PUBACK was lost
+with the connection is sent again: delivery is at least once, and a subscriber can see
+a redelivered message a second time, never out of order relative to its first delivery.
+
+The only module that imports aiomqtt (and paho-mqtt). It must not decide what is
+published: producers put into the outbox, command handlers reply through `reply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import __version__
+from agent.config import MqttConfig
+from agent.errors import MqttUnavailable, OutboxError
+from agent.outbox import Message, Outbox
+from agent.wasm import topic_allowed
+
+log = logging.getLogger(__name__)
+
+_READ_BATCH = 256
+_SHUTDOWN_GRACE_S = 2.0
+"""How long a clean stop waits for the PUBACKs of messages in flight."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message that arrived on a subscription."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    """MQTT 5: where the sender wants the answer."""
+    correlation_data: bytes | None = None
+    """MQTT 5: to be echoed in the answer."""
+    retain: bool = False
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """A snapshot for `edge-agent status`."""
+
+    connected: bool
+    broker: str
+    protocol: str
+    client_id: str
+    reconnects: int
+    published: int
+    last_error: str | None
+    outbox_depth: int
+    outbox_bytes: int
+    oldest_age_s: float | None
+    dropped: Mapping[str, int]
+    dropped_total: int
+
+
+class _RateLimit:
+    """A token bucket: `rate` messages/s on average, bursts of up to 50 ms worth."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._rate = rate
+        self._burst = 1.0 if rate is None else max(1.0, rate / 20)
+        self._tokens = self._burst
+        self._last = time.monotonic()
+
+    async def take(self) -> None:
+        if self._rate is None:
+            return
+        while True:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return
+            await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class MqttLink:
+    """Connects on entry and keeps reconnecting until exit; never fails for broker outages.
+
+    `engine` goes into the status payload as given (e.g. {"kind": "wasmedge", "version":
+    "0.14.1"}). `drain_rate` caps messages/s from the outbox (`outbox.drain_rate`).
+    """
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        outbox: Outbox,
+        *,
+        node_id: str,
+        engine: Any = None,
+        drain_rate: float | None = None,
+    ) -> None:
+        self._config = config
+        self._outbox = outbox
+        self._engine = engine
+        self._client_id = config.client_id or node_id
+        self.status_topic = f"{config.topic_prefix}/{node_id}/status"
+        self._rate = _RateLimit(drain_rate)
+        self._handlers: dict[str, Handler] = {}
+        self._client: aiomqtt.Client | None = None
+        self._stop = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._handling: set[asyncio.Task[None]] = set()
+        self._connections = 0
+        self._published = 0
+        self._last_error: str | None = None
+
+    async def __aenter__(self) -> Self:
+        self._runner = asyncio.create_task(self._run(), name=f"mqtt-link {self._client_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop draining, wait briefly for PUBACKs, publish `offline`, disconnect."""
+        self._stop.set()
+        runner = self._runner
+        if runner is not None:
+            if not self._connected.is_set():
+                runner.cancel()  # connecting or waiting to retry: nothing to finish
+            done, _ = await asyncio.wait([runner], timeout=2 * _SHUTDOWN_GRACE_S)
+            if not done:
+                log.warning("MQTT link did not stop in time; dropping the connection")
+                runner.cancel()
+                await asyncio.wait([runner])
+        for task in self._handling:
+            task.cancel()
+
+    async def wait_connected(self) -> None:
+        """Wait for a broker connection (the online status is published by then)."""
+        await self._connected.wait()
+
+    def state(self) -> LinkState:
+        stats = self._outbox.stats()
+        config = self._config
+        return LinkState(
+            connected=self._connected.is_set(),
+            broker=f"{config.host}:{config.broker_port}",
+            protocol=config.protocol,
+            client_id=self._client_id,
+            reconnects=max(0, self._connections - 1),
+            published=self._published,
+            last_error=self._last_error,
+            outbox_depth=stats.depth,
+            outbox_bytes=stats.bytes,
+            oldest_age_s=stats.oldest_age_s,
+            dropped=stats.dropped,
+            dropped_total=stats.dropped_total,
+        )
+
+    async def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Call `handler` for every message matching `topic_filter`, across reconnects.
+
+        Handlers run as tasks, so a slow one does not hold up the connection; an
+        exception in one is logged and the link goes on.
+        """
+        self._handlers[topic_filter] = handler
+        client = self._client
+        if client is not None:
+            try:
+                await client.subscribe(topic_filter, qos=1)
+            except aiomqtt.MqttError as err:
+                # The reconnect that follows subscribes again.
+                log.debug("subscribe %s failed: %s", topic_filter, err)
+
+    async def reply(
+        self, request: Incoming, payload: bytes | str, *, fallback_topic: str
+    ) -> None:
+        """Answer a request on its MQTT 5 response topic with its correlation data, or on
+        `fallback_topic`.
+
+        Sent directly, not through the outbox: an answer only helps a requester that is
+        still waiting, and behind a backlog of readings it would come far too late.
+        Raises MqttUnavailable when there is no connection.
+        """
+        properties = None
+        if self._config.protocol == "5" and request.correlation_data is not None:
+            properties = _properties(CorrelationData=request.correlation_data)
+        topic = request.response_topic or fallback_topic
+        client = self._client
+        if client is None:
+            raise MqttUnavailable(f"cannot answer on {topic}: not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=1, properties=properties)
+        except aiomqtt.MqttError as err:
+            raise MqttUnavailable(f"cannot answer on {topic}: {err}") from err
+
+    # The connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                await self._session()
+                attempt = 0
+            except (aiomqtt.MqttError, OutboxError) as err:
+                self._last_error = str(err) or type(err).__name__
+                log.warning("MQTT %s: %s", self._broker(), self._last_error)
+            if self._stop.is_set():
+                return
+            cap = min(self._config.reconnect_max_s, self._config.reconnect_min_s * 2**attempt)
+            attempt += 1
+            delay = cap * random.uniform(0.5, 1.0)  # jitter: nodes must not reconnect in step
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _session(self) -> None:
+        """One connection, from CONNACK to its loss or to a clean stop."""
+        async with self._new_client() as client:
+            if self._connections > 0:
+                log.info("MQTT reconnected to %s", self._broker())
+            self._connections += 1
+            await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+            for topic_filter in self._handlers:
+                await client.subscribe(topic_filter, qos=1)
+            self._client = client
+            self._connected.set()
+            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            tasks: list[asyncio.Future[None]] = [
+                asyncio.create_task(self._receive(client)),
+                asyncio.create_task(self._drain(client, lost)),
+                asyncio.create_task(self._stopped()),
+            ]
+            try:
+                done, _ = await asyncio.wait(
+                    [*tasks, lost], return_when=asyncio.FIRST_COMPLETED
+                )
+                if self._stop.is_set():
+                    tasks[1].cancel()
+                    if self._inflight:
+                        await asyncio.wait(self._inflight, timeout=_SHUTDOWN_GRACE_S)
+                    await client.publish(
+                        self.status_topic, self._status("offline"), qos=1, retain=True
+                    )
+                for finished in done:
+                    finished.result()  # raises what ended the session
+            finally:
+                self._client = None
+                self._connected.clear()
+                for task in (*tasks, *self._inflight):
+                    task.cancel()
+                await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
+                if not lost.done():
+                    lost.cancel()
+
+    async def _stopped(self) -> None:
+        await self._stop.wait()
+
+    def _new_client(self) -> aiomqtt.Client:
+        config = self._config
+        v5 = config.protocol == "5"
+        client = aiomqtt.Client(
+            config.host,
+            config.broker_port,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            username=config.username,
+            password=config.secret,
+            keepalive=config.keepalive,
+            will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
+            # The outbox, not the broker session, is what survives us: start clean.
+            clean_session=None if v5 else True,
+            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            max_inflight_messages=config.max_inflight,
+            tls_context=config.tls.context if config.tls is not None else None,
+            timeout=config.connect_timeout_s,
+        )
+        client.pending_calls_threshold = config.max_inflight + 16
+        return client
+
+    def _status(self, state: str) -> bytes:
+        doc = {"state": state, "version": __version__, "engine": self._engine, "ts": time.time()}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    def _broker(self) -> str:
+        return f"{self._config.host}:{self._config.broker_port}"
+
+    # Publishing
+
+    async def _drain(self, client: aiomqtt.Client, lost: asyncio.Future[None]) -> None:
+        """Hand outbox messages to the client in id order, `max_inflight` at a time.
+
+        Each publish is its own task so PUBACKs overlap; tasks start in creation order,
+        and each hands its message to paho before its first await, so the wire order
+        is the outbox order.
+        """
+        window = asyncio.Semaphore(self._config.max_inflight)
+        after = 0
+        while True:
+            for message in await self._outbox.next_batch(after, _READ_BATCH):
+                await self._rate.take()
+                await window.acquire()
+                task = asyncio.create_task(self._publish(client, message, window, lost))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+                after = message.id
+
+    async def _publish(
+        self,
+        client: aiomqtt.Client,
+        message: Message,
+        window: asyncio.Semaphore,
+        lost: asyncio.Future[None],
+    ) -> None:
+        properties = None
+        if message.content_type is not None and self._config.protocol == "5":
+            properties = _properties(ContentType=message.content_type)
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=properties,
+                timeout=math.inf,  # a lost connection ends the session, not a timer
+            )
+        except aiomqtt.MqttError as err:
+            if not lost.done():
+                lost.set_exception(err)
+            return
+        finally:
+            window.release()
+        self._outbox.ack(message)
+        self._published += 1
+
+    # Receiving
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Dispatch incoming messages; raises MqttError when the connection is lost."""
+        async for message in client.messages:
+            incoming = _incoming(message)
+            for topic_filter, handler in self._handlers.items():
+                if topic_allowed(incoming.topic, (topic_filter,)):
+                    task = asyncio.create_task(self._handle(topic_filter, handler, incoming))
+                    self._handling.add(task)
+                    task.add_done_callback(self._handling.discard)
+
+    @staticmethod
+    async def _handle(topic_filter: str, handler: Handler, incoming: Incoming) -> None:
+        try:
+            await handler(incoming)
+        except Exception:
+            log.exception("handler for %s failed on %s", topic_filter, incoming.topic)
+
+
+def _properties(**values: object) -> Properties:
+    """MQTT 5 PUBLISH properties, e.g. `_properties(ContentType="application/json")`."""
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(properties, name, value)
+    return properties
+
+
+def _incoming(message: aiomqtt.Message) -> Incoming:
+    payload = message.payload
+    if isinstance(payload, bytes | bytearray):
+        data = bytes(payload)
+    else:
+        data = b"" if payload is None else str(payload).encode()
+    props = message.properties
+    response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+    correlation = getattr(props, "CorrelationData", None) if props is not None else None
+    return Incoming(
+        topic=message.topic.value,
+        payload=data,
+        response_topic=response_topic,
+        correlation_data=correlation,
+        retain=message.retain,
+    )
