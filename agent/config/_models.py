@@ -339,13 +339,9 @@ class AgentConfig(_Model):
     pipeline: PipelineConfig = PipelineConfig()
     logging: LoggingConfig = LoggingConfig()
     supply: SupplyConfig = SupplyConfig()
-
-
     control: ControlConfig = ControlConfig()
     commands: CommandsConfig = CommandsConfig()
     metrics: MetricsConfig = MetricsConfig()
-
-
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
 
