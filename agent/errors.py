@@ -157,3 +157,51 @@ class OutboxError(AgentError):
 
 class MqttUnavailable(AgentError):
     """A direct publish needs a broker connection and there is none right now."""
+
+
+class ModbusError(AgentError):
+    """A Modbus request failed; `where` names the device (or the connection) it was for."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.reason = message
+
+
+class ModbusTimeout(ModbusError, TimeoutError):
+    """The device did not answer within its timeout."""
+
+
+class ModbusConnectionError(ModbusError, ConnectionError):
+    """The connection to the device (TCP or serial port) is down or cannot be opened."""
+
+
+class ModbusExceptionResponse(ModbusError):
+    """The device answered with a Modbus exception code (illegal address, busy, ...)."""
+
+    def __init__(self, where: str, code: int) -> None:
+        super().__init__(where, f"exception code {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+        self.code = code
+
+
+class WriteRefused(ModbusError):
+    """A write was refused before it reached the device: not writable, out of range, bad type."""
+
+
+class ReadbackMismatch(ModbusError):
+    """The registers read back after a write differ from what was written."""
+
+
+EXCEPTION_NAMES: dict[int, str] = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    5: "acknowledge",
+    6: "device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target failed to respond",
+}
+"""Modbus exception codes, as the protocol specification names them."""

@@ -31,6 +31,8 @@ class Value:
     value: float | int | bool | str
     unit: str | None = None
     quality: Quality = "good"
+    reason: str | None = None
+    """Why the quality is not good (a bad value carries the last good one, or zero)."""
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,19 @@ from agent.errors import ConfigError
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate `path`; every error names the file, the key and what was expected."""
+    return parse_config(read_toml(path, "config file"), path)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The parsed TOML document at `path`; a `ConfigError` naming the file otherwise."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
-        raise ConfigError(f"{path}: no such config file") from err
+        raise ConfigError(f"{path}: no such {what}") from err
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from err
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
-    return parse_config(data, path)
 
 
 def parse_config(data: dict[str, Any], path: Path) -> AgentConfig:

@@ -24,6 +24,11 @@ from pydantic import (
 
 from agent.wasm import Limits, Preopen, WasiSpec, topic_allowed
 
+
+from agent.errors import ConfigError
+from agent.modbus._map import RegisterMap, load_register_map
+from agent.wasm import Limits, Preopen, WasiSpec
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -112,6 +117,75 @@ class PipelineConfig(_Model):
     """Also publish every device reading as is, on `<prefix>/<node>/devices/<device>`."""
     queue_size: int = Field(1000, ge=1, le=1_000_000)
     """Readings queued per module before its devices wait for it (backpressure)."""
+
+
+class SerialConfig(_Model):
+    port: str = Field(min_length=1)
+    """The serial device, e.g. /dev/ttyUSB0."""
+    baudrate: int = Field(19200, ge=300, le=4_000_000)
+    bytesize: Literal[7, 8] = 8
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+
+
+class DeviceConfig(_Model):
+    """One Modbus device. Devices with the same address share one connection and its lock."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    transport: Literal["tcp", "rtu", "rtu-tcp"]
+    """Modbus TCP, RTU over a serial line, or RTU frames over TCP (serial gateways)."""
+    host: str | None = None
+    port: int = Field(502, ge=1, le=65535)
+    serial: SerialConfig | None = None
+    unit: int = Field(1, ge=0, le=255)
+    map: ConfigPath
+    """The register map file (`config/devices/*.toml`)."""
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=10)
+    retry_backoff_s: float = Field(0.05, ge=0, le=10)
+    """First pause before a retry; doubles with each further one."""
+    reconnect_max_s: float = Field(10.0, ge=0.01, le=3600)
+    """Longest pause between attempts to reopen a lost connection."""
+    connect_pause_s: float = Field(0.0, ge=0, le=60)
+    request_pause_s: float = Field(0.0, ge=0, le=60)
+    single_register_reads: bool = False
+    """For devices that only answer reads of one register (or bit) at a time."""
+    max_gap: int = Field(8, ge=0, le=124)
+    """Unused addresses a merged read may span to save a request."""
+    _map: RegisterMap = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _check(self) -> DeviceConfig:
+        if self.transport == "rtu" and (self.serial is None or self.host is not None):
+            raise ValueError("transport 'rtu' needs [devices.serial] and no host")
+        if self.transport != "rtu" and (self.host is None or self.serial is not None):
+            raise ValueError(f"transport {self.transport!r} needs host (and no serial)")
+        try:
+            self._map = load_register_map(self.map)
+        except ConfigError as err:
+            raise ValueError(str(err)) from err
+        return self
+
+    @property
+    def register_map(self) -> RegisterMap:
+        return self._map
+
+    @property
+    def connection(self) -> tuple[str, str, int]:
+        """What identifies the connection; devices that share it share its lock."""
+        if self.serial is not None:
+            return ("serial", self.serial.port, 0)
+        return ("tcp", self.host or "", self.port)
+
+    def connection_settings(self) -> tuple[object, ...]:
+        return (
+            self.transport,
+            self.serial,
+            self.timeout_s,
+            self.reconnect_max_s,
+            self.connect_pause_s,
+            self.request_pause_s,
+        )
 
 
 class LoggingConfig(_Model):
@@ -344,6 +418,7 @@ class AgentConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
+    devices: tuple[DeviceConfig, ...] = ()
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:
@@ -365,6 +440,26 @@ class AgentConfig(_Model):
                 if parent in chain:
                     raise ValueError(f"modules feed each other in a loop: {' -> '.join(chain)}")
                 chain.append(parent)
+        return self
+
+    @model_validator(mode="after")
+    def _devices_consistent(self) -> AgentConfig:
+        names: set[str] = set()
+        first: dict[tuple[str, str, int], DeviceConfig] = {}
+        units: set[tuple[tuple[str, str, int], int]] = set()
+        for device in self.devices:
+            if device.name in names:
+                raise ValueError(f"device name {device.name!r} is used twice")
+            names.add(device.name)
+            other = first.setdefault(device.connection, device)
+            if other.connection_settings() != device.connection_settings():
+                raise ValueError(
+                    f"devices {other.name!r} and {device.name!r} share a connection, so "
+                    "transport, serial, timeout_s, reconnect_max_s and pauses must match"
+                )
+            if (device.connection, device.unit) in units:
+                raise ValueError(f"device {device.name!r}: unit {device.unit} is used twice")
+            units.add((device.connection, device.unit))
         return self
 
     def limits_for(self, module: ModuleConfig) -> Limits:

@@ -1,0 +1,22 @@
+"""Polling Modbus devices (TCP, RTU, RTU over TCP) through declarative register maps."""
+
+from agent.modbus._codec import RawValue, decode, encode
+from agent.modbus._map import RegisterGroup, RegisterMap, RegisterSpec, load_register_map
+from agent.modbus._plan import ReadBlock, plan_reads
+from agent.modbus._pool import DevicePool, DeviceState, DeviceStatus, OnReading
+
+__all__ = [
+    "DevicePool",
+    "DeviceState",
+    "DeviceStatus",
+    "OnReading",
+    "RawValue",
+    "ReadBlock",
+    "RegisterGroup",
+    "RegisterMap",
+    "RegisterSpec",
+    "decode",
+    "encode",
+    "load_register_map",
+    "plan_reads",
+]

@@ -1,0 +1,165 @@
+"""Register maps: what a device holds, where, and how to read it, as validated data.
+
+A map is a TOML file (`config/devices/*.toml`) of register groups, each polled at its
+own interval. This module knows the shape of a map and its rules; it does no I/O on the
+bus and no decoding (that is the codec's job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.errors import ConfigError
+
+Table = Literal["coil", "discrete_input", "input", "holding"]
+DataType = Literal[
+    "bool",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "string",
+    "bit",
+]
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+
+BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete_input"})
+NUMERIC_TYPES: frozenset[str] = frozenset(
+    {"int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64"}
+)
+WIDTHS: dict[str, int] = {
+    "bool": 1,
+    "bit": 1,
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+}
+"""Registers (or, for `bool`, bits) one value occupies; strings give their `length`."""
+
+_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegisterSpec(_Model):
+    name: str = Field(pattern=_NAME)
+    """The value's name in readings and in `write`."""
+    table: Table
+    address: int = Field(ge=0, le=65535)
+    """Zero-based protocol address (a manual's 40001 is holding 0)."""
+    type: DataType
+    order: ByteOrder = "ABCD"
+    """Byte order of the value, A the most significant byte: ABCD big-endian, DCBA
+    little-endian, BADC bytes swapped in each register, CDAB registers swapped."""
+    bit: int | None = Field(None, ge=0, le=15)
+    """For `type = "bit"`: which bit of the register, 0 the least significant."""
+    length: int | None = Field(None, ge=1, le=125)
+    """For `type = "string"`: registers the string spans (two characters each)."""
+    scale: float = 1.0
+    offset: float = 0.0
+    """Engineering value = raw * scale + offset (numeric types only)."""
+    unit: str | None = None
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+    """Accepted range of a written engineering value."""
+
+    @property
+    def size(self) -> int:
+        """Registers (bits in bit tables) the value spans."""
+        return self.length if self.type == "string" and self.length else WIDTHS[self.type]
+
+    @property
+    def end(self) -> int:
+        """One past the last address the value occupies."""
+        return self.address + self.size
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RegisterSpec:
+        bits = self.table in BIT_TABLES
+        if bits != (self.type == "bool"):
+            raise ValueError(
+                "coils and discrete inputs hold type 'bool', and 'bool' lives only there "
+                f"(got table {self.table!r} with type {self.type!r})"
+            )
+        if (self.type == "bit") != (self.bit is not None):
+            raise ValueError("type 'bit' needs 'bit' (0-15), and 'bit' needs type 'bit'")
+        if (self.type == "string") != (self.length is not None):
+            raise ValueError("type 'string' needs 'length' (registers), and only strings take it")
+        if self.type == "string" and self.order not in ("ABCD", "BADC"):
+            raise ValueError("strings take order 'ABCD' or 'BADC' (bytes within a register)")
+        if self.type not in NUMERIC_TYPES and (self.scale != 1.0 or self.offset != 0.0):
+            raise ValueError(f"scale and offset apply to numeric types, not {self.type!r}")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.end > 65536:
+            raise ValueError(f"the value runs past address 65535 (ends at {self.end - 1})")
+        if self.writable and self.table not in ("coil", "holding"):
+            raise ValueError(f"only coils and holding registers are writable, not {self.table!r}")
+        if self.writable and self.type == "bit":
+            raise ValueError("one bit of a register cannot be written (it needs read-modify-write)")
+        if (self.min is not None or self.max is not None) and (
+            not self.writable or self.type not in NUMERIC_TYPES
+        ):
+            raise ValueError("min and max apply to writable numeric registers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+
+class RegisterGroup(_Model):
+    name: str = Field(pattern=_NAME)
+    interval_s: float = Field(ge=0.001, le=86400)
+    """Poll period; a poll still running when the next is due makes that one skip."""
+    registers: tuple[RegisterSpec, ...] = Field(min_length=1)
+
+
+class RegisterMap(_Model):
+    description: str = ""
+    groups: tuple[RegisterGroup, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> RegisterMap:
+        groups: set[str] = set()
+        names: set[str] = set()
+        for group in self.groups:
+            if group.name in groups:
+                raise ValueError(f"group name {group.name!r} is used twice")
+            groups.add(group.name)
+            for reg in group.registers:
+                if reg.name in names:
+                    raise ValueError(f"register name {reg.name!r} is used twice")
+                names.add(reg.name)
+        return self
+
+    def register(self, name: str) -> RegisterSpec | None:
+        for group in self.groups:
+            for reg in group.registers:
+                if reg.name == name:
+                    return reg
+        return None
+
+
+def load_register_map(path: Path) -> RegisterMap:
+    """Read and validate a map file; errors name the file, the key and what was expected."""
+    from agent.config._load import format_errors, read_toml  # noqa: PLC0415 - config imports us
+
+    data = read_toml(path, "register map")
+    try:
+        return RegisterMap.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {format_errors(err)}") from err
