@@ -18,6 +18,7 @@ from agent.control import add_status_command
 from agent.errors import AgentError
 from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
+from agent.runtime import add_run_command
 from agent.supply._cli import register as register_supply
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
 
@@ -26,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=getattr(logging, (args.log_level or "warning").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -51,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: warning; for `run`, the config's logging.level",
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
 
     add_status_command(commands)
+    add_run_command(commands)
     add_command_commands(commands)
     return parser
 

@@ -62,7 +62,11 @@ def test_config_is_frozen(tmp_path: Path) -> None:
             "[limits]\nmemory_pages = 0\n",
             "limits.memory_pages: Input should be greater than or equal to 1",
         ),
-        ('[[modules]]\nname = "a"\n', "modules.0.path: Field required"),
+        ('[[modules]]\nname = "a"\n', "module 'a' needs either ref (signed) or path, not both"),
+        (
+            '[[modules]]\nname = "a"\npath = "a.wasm"\nref = "oci:x:1"\n',
+            "module 'a' needs either ref (signed) or path",
+        ),
         ('[[modules]]\nname = "a b"\npath = "x"\n', "modules.0.name: String should match pattern"),
         (
             '[[modules]]\nname = "a"\npath = "x"\n[[modules]]\nname = "a"\npath = "y"\n',

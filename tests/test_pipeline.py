@@ -85,7 +85,7 @@ def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine) -> Non
 def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> None:
     outcomes: list[tuple[str, str | None]] = []
 
-    def on_outcome(h: ModuleHost, err: ModuleError | None) -> None:
+    async def on_outcome(h: ModuleHost, err: ModuleError | None) -> None:
         outcomes.append((h.name, type(err).__name__ if err else None))
 
     async def scenario() -> tuple[ListSink, list[Any]]:

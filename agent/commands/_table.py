@@ -30,8 +30,8 @@ class DeployArgs(CommandArgs):
     """An OCI reference, `registry/repository:tag` or `...@sha256:...`."""
     digest: str | None = Field(None, pattern=DIGEST_PATTERN)
     """Pin: deploy only if the reference resolves to this manifest digest."""
-    name: str | None = Field(None, pattern=NAME_PATTERN)
-    """The module's name on this node; the repository's last path part unless set."""
+    allow_downgrade: bool = False
+    """Install even if the version is not newer than the running one (rollback protection)."""
 
 
 class ModuleNameArgs(CommandArgs):

@@ -22,12 +22,9 @@ from pydantic import (
     model_validator,
 )
 
-from agent.wasm import Limits, Preopen, WasiSpec, topic_allowed
-
-
 from agent.errors import ConfigError
 from agent.modbus._map import RegisterMap, load_register_map
-from agent.wasm import Limits, Preopen, WasiSpec
+from agent.wasm import Limits, Preopen, WasiSpec, topic_allowed
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -93,8 +90,12 @@ class WasiConfig(_Model):
 
 class ModuleConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
-    path: ConfigPath
-    """A local .wasm file."""
+    ref: str | None = None
+    """A signed module in a registry or OCI layout (`host/repo:tag`, `...@sha256:...`,
+    `oci:DIR:TAG`): pulled, verified and kept up to date by the supply."""
+    path: ConfigPath | None = None
+    """A local .wasm file, unsigned: `module run`, or the daemon with
+    `supply.allow_unsigned_paths`. The other keys override a signed module's manifest."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Handed to the module once per instance, as JSON (`edge_configure`)."""
     emit: tuple[str, ...] = ("#",)
@@ -110,6 +111,12 @@ class ModuleConfig(_Model):
         default_factory=dict
     )
     """TFLite models preloaded for WASI-NN `load_by_name`: name -> file."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModuleConfig:
+        if (self.ref is None) == (self.path is None):
+            raise ValueError(f"module {self.name!r} needs either ref (signed) or path, not both")
+        return self
 
 
 class PipelineConfig(_Model):
@@ -229,6 +236,8 @@ class RolloutConfig(_Model):
 
 
 class SupplyConfig(_Model):
+    allow_unsigned_paths: bool = False
+    """Let the daemon run `[[modules]]` given by `path`, which no key signed: development only."""
     trusted_keys: tuple[ConfigPath, ...] = ()
     """cosign.pub files; a module signed by any of them is trusted (for key rotation)."""
     registries: tuple[RegistryConfig, ...] = ()

@@ -1,6 +1,18 @@
-"""The running agent: module hosts, the pipeline from devices to the outbox."""
+"""The running agent: the supervisor, module hosts, the pipeline from devices to MQTT."""
 
+from agent.runtime._agent import Agent
+from agent.runtime._cli import add_run_command, serve
 from agent.runtime._host import ModuleHost, ModuleStats
 from agent.runtime._pipeline import Outcome, Pipeline, Route, Sink
 
-__all__ = ["ModuleHost", "ModuleStats", "Outcome", "Pipeline", "Route", "Sink"]
+__all__ = [
+    "Agent",
+    "ModuleHost",
+    "ModuleStats",
+    "Outcome",
+    "Pipeline",
+    "Route",
+    "Sink",
+    "add_run_command",
+    "serve",
+]

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +26,7 @@ from agent.wasm._guest import encode_reading_line
 
 log = logging.getLogger(__name__)
 
-Outcome = Callable[[ModuleHost, ModuleError | None], None]
+Outcome = Callable[[ModuleHost, ModuleError | None], Awaitable[None]]
 """Told about every invocation: the host and its fault, or None; feeds rollout guards."""
 
 
@@ -171,9 +171,9 @@ class Pipeline:
         try:
             messages = await host.process(reading)
         except ModuleError as err:
-            self._tell(host, err)
+            await self._tell(host, err)
             return
-        self._tell(host, None)
+        await self._tell(host, None)
         followers = [s for s in self._stages.values() if s.route.after == host.name]
         for message in messages:
             await self._publish(message.topic, message.payload)
@@ -200,6 +200,6 @@ class Pipeline:
         for follower in followers:
             await self._enqueue(follower, reading)
 
-    def _tell(self, host: ModuleHost, err: ModuleError | None) -> None:
+    async def _tell(self, host: ModuleHost, err: ModuleError | None) -> None:
         if self._on_outcome is not None:
-            self._on_outcome(host, err)
+            await self._on_outcome(host, err)

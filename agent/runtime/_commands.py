@@ -1,0 +1,89 @@
+"""The MQTT commands' handlers: the router's table bound to the running agent's parts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agent.commands import (
+    CONFIG_RELOAD,
+    DEVICE_WRITE,
+    LOG_LEVEL,
+    MODULE_DEPLOY,
+    MODULE_LIST,
+    MODULE_REMOVE,
+    MODULE_ROLLBACK,
+    STATUS,
+    CommandRouter,
+    DeployArgs,
+    DeviceWriteArgs,
+    ModuleNameArgs,
+    NoArgs,
+    set_log_level,
+    status_handler,
+)
+from agent.config import load_config
+from agent.errors import CommandFailed, ConfigError
+
+if TYPE_CHECKING:
+    from agent.runtime._agent import Agent
+
+
+def register_commands(agent: Agent) -> CommandRouter:
+    config = agent.config
+    router = CommandRouter(config.commands, prefix=config.mqtt.topic_prefix, node_id=config.node.id)
+
+    async def deploy(args: DeployArgs) -> dict[str, Any]:
+        installed = await agent.supply.deploy(
+            args.reference, digest=args.digest, allow_downgrade=args.allow_downgrade
+        )
+        return {"name": installed.name, "version": installed.version, "digest": installed.digest}
+
+    async def remove(args: ModuleNameArgs) -> dict[str, Any]:
+        await agent.supply.remove(args.name)
+        return {"name": args.name}
+
+    async def rollback(args: ModuleNameArgs) -> dict[str, Any]:
+        done = await agent.supply.rollback(args.name, "operator request")
+        return {"name": done.name, "from": done.from_digest, "to": done.to_digest}
+
+    async def module_list(_: NoArgs) -> list[dict[str, Any]]:
+        states = {s.name: s for s in agent.supply.modules()}
+        listed = []
+        for stats in agent.pipeline.stats():
+            state = states.get(stats.name)
+            listed.append(
+                {
+                    "name": stats.name,
+                    "version": stats.version,
+                    "digest": stats.digest,
+                    "signed": state is not None,
+                    "previous": state.previous if state else None,
+                    "status": state.status if state else "local",
+                    "invocations": stats.invocations,
+                    "errors": stats.errors,
+                }
+            )
+        return listed
+
+    async def device_write(args: DeviceWriteArgs) -> dict[str, Any]:
+        value = await agent.devices.write(args.device, args.point, args.value)
+        return {"device": args.device, "point": args.point, "value": value}
+
+    async def reload(_: NoArgs) -> dict[str, Any]:
+        if agent.config_path is None:
+            raise CommandFailed("this agent was started without a config file to re-read")
+        try:
+            agent.reload = load_config(agent.config_path)
+        except ConfigError as err:
+            raise CommandFailed(f"the config was not reloaded: {err}") from err
+        return {"config": str(agent.config_path), "restarting": True}
+
+    router.register(MODULE_DEPLOY, deploy)
+    router.register(MODULE_REMOVE, remove)
+    router.register(MODULE_ROLLBACK, rollback)
+    router.register(MODULE_LIST, module_list)
+    router.register(STATUS, status_handler(agent.snapshot))
+    router.register(DEVICE_WRITE, device_write)
+    router.register(CONFIG_RELOAD, reload)
+    router.register(LOG_LEVEL, set_log_level)
+    return router
