@@ -15,6 +15,7 @@ from agent import __version__
 from agent.commands import add_command_commands
 from agent.config import load_config
 from agent.control import add_status_command
+from agent.demo import add_demo_command
 from agent.errors import AgentError
 from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_status_command(commands)
     add_run_command(commands)
+    add_demo_command(commands)
     add_command_commands(commands)
     return parser
 

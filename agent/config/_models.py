@@ -39,6 +39,17 @@ def _resolve(path: Path, info: ValidationInfo) -> Path:
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 
 
+def _resolve_layout_ref(ref: str, info: ValidationInfo) -> str:
+    """`oci:DIR...` references name a directory: relative to the config file too."""
+    if not ref.startswith("oci:") or ref[4:].startswith("/"):
+        return ref
+    base = (info.context or {}).get("base_dir")
+    return ref if base is None else f"oci:{(Path(base) / ref[4:]).resolve()}"
+
+
+ModuleRef = Annotated[str, AfterValidator(_resolve_layout_ref)]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,7 +101,7 @@ class WasiConfig(_Model):
 
 class ModuleConfig(_Model):
     name: str = Field(pattern=NAME_PATTERN)
-    ref: str | None = None
+    ref: ModuleRef | None = None
     """A signed module in a registry or OCI layout (`host/repo:tag`, `...@sha256:...`,
     `oci:DIR:TAG`): pulled, verified and kept up to date by the supply."""
     path: ConfigPath | None = None

@@ -5,5 +5,6 @@ Only this package imports aiomqtt, paho-mqtt and amqtt.
 
 from agent.mqtt._embedded import EmbeddedBroker
 from agent.mqtt._link import Handler, Incoming, LinkState, MqttLink
+from agent.mqtt._watch import watch
 
-__all__ = ["EmbeddedBroker", "Handler", "Incoming", "LinkState", "MqttLink"]
+__all__ = ["EmbeddedBroker", "Handler", "Incoming", "LinkState", "MqttLink", "watch"]

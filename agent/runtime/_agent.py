@@ -50,6 +50,8 @@ from agent.wasm import Engine, create_engine
 
 log = logging.getLogger(__name__)
 
+_STARTUP_DEPLOY_S = 30.0
+
 _ROLLOUT_FAULTS = (
     "ModuleTrap",
     "StackExhausted",
@@ -200,8 +202,9 @@ class Agent:
 
     async def _start_modules(self) -> None:
         """Signed modules the supply has active, then local files if allowed, then ask
-        the supply for the `ref` modules of the config (in the background: offline, the
-        node runs what it has)."""
+        the supply for the `ref` modules of the config. Devices start after those
+        deploys, so first readings find their modules, but never later than
+        `_STARTUP_DEPLOY_S`: offline, the node runs what it has and keeps trying."""
         config = self.config
         by_name = {m.name: m for m in config.modules}
         for state in self.supply.modules():
@@ -218,9 +221,13 @@ class Agent:
                     "supply.allow_unsigned_paths = true for development"
                 )
             await self._start(spec_from_path(config, module))
-        for module in config.modules:
-            if module.ref is not None:
-                self._spawn(self._deploy_configured(module), f"deploy {module.name}")
+        deploys = [
+            self._spawn(self._deploy_configured(module), f"deploy {module.name}")
+            for module in config.modules
+            if module.ref is not None
+        ]
+        if deploys:
+            await asyncio.wait(deploys, timeout=_STARTUP_DEPLOY_S)
 
     async def _deploy_configured(self, module: ModuleConfig) -> None:
         assert module.ref is not None
@@ -412,10 +419,11 @@ class Agent:
             raise AgentError("the agent is not running")
         return self._engine
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

@@ -7,7 +7,14 @@ module and rolls back by itself when a new version faults past its budget.
 """
 
 from agent.supply._deploy import OnActivate, OnRemove, RolledBack, SmokeTest, Supply
-from agent.supply._fetch import Verified, open_repository, pull, trusted_keys, verify_all
+from agent.supply._fetch import (
+    Verified,
+    open_repository,
+    pull,
+    sign_reference,
+    trusted_keys,
+    verify_all,
+)
 from agent.supply._keys import (
     PublicKey,
     decrypt_private_key,
@@ -15,6 +22,7 @@ from agent.supply._keys import (
     generate_key,
     load_private_key,
     load_public_key,
+    public_key_of,
 )
 from agent.supply._layout import LayoutRepository
 from agent.supply._manifest import Capabilities, ModuleLimits, ModuleManifest, version_key
@@ -50,8 +58,10 @@ __all__ = [
     "open_repository",
     "package",
     "parse_reference",
+    "public_key_of",
     "pull",
     "read_module_dir",
+    "sign_reference",
     "trusted_keys",
     "verify_all",
     "version_key",

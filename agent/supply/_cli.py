@@ -15,12 +15,10 @@ from typing import Any
 from agent.config import AgentConfig, load_config
 from agent.errors import KeyFileError, SupplyError
 from agent.supply._copy import copy_artifact
-from agent.supply._fetch import open_repository, pull, trusted_keys, verify_all
+from agent.supply._fetch import open_repository, pull, sign_reference, trusted_keys, verify_all
 from agent.supply._keys import encrypt_private_key, generate_key, load_private_key, public_key_of
 from agent.supply._oci import parse_reference
 from agent.supply._package import package
-from agent.supply._repo import check_manifest
-from agent.supply._signatures import sign
 from agent.supply._store import ContentStore
 
 _Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -146,13 +144,8 @@ def _sign(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         ref = parse_reference(args.ref)
-        repo = open_repository(ref, _config(args).supply)
-        try:
-            target = check_manifest(await repo.get_manifest(ref.reference), ref.reference)
-            where = await sign(repo, target, private, legacy=args.legacy)
-        finally:
-            await repo.aclose()
-        print(f"signed {repo.name}@{target.digest} ({where})")
+        digest, where = await sign_reference(ref, private, _config(args).supply, legacy=args.legacy)
+        print(f"signed {ref.repository}@{digest} ({where})")
         return 0
 
     return _run(go())

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from agent.config._models import PolicyConfig, SupplyConfig
 from agent.errors import PackageError, RegistryError
 from agent.supply._keys import PublicKey, load_public_key
@@ -20,7 +22,7 @@ from agent.supply._oci import MODULE_MANIFEST_LAYER, WASM_CONFIG, WASM_LAYER, Ma
 from agent.supply._policy import check_policy
 from agent.supply._registry import RegistryAccess, RegistryClient, Retry
 from agent.supply._repo import Repository, check_manifest, read_blob, verified_chunks
-from agent.supply._signatures import verify
+from agent.supply._signatures import sign, verify
 from agent.supply._store import ContentStore, InstalledModule
 
 
@@ -55,6 +57,22 @@ def open_repository(ref: Reference, config: SupplyConfig) -> Repository:
                 registry.insecure, registry.ca, registry.username, password, access.retry
             )
     return RegistryClient(host, access).repository(ref.repository)
+
+
+async def sign_reference(
+    ref: Reference,
+    private: ec.EllipticCurvePrivateKey,
+    config: SupplyConfig,
+    *,
+    legacy: bool = False,
+) -> tuple[str, str]:
+    """Sign the manifest `ref` resolves to; returns its digest and where the signature went."""
+    repo = open_repository(ref, config)
+    try:
+        target = check_manifest(await repo.get_manifest(ref.reference), ref.reference)
+        return target.digest, await sign(repo, target, private, legacy=legacy)
+    finally:
+        await repo.aclose()
 
 
 def trusted_keys(paths: tuple[Path, ...]) -> list[PublicKey]:

@@ -67,8 +67,14 @@ def read_module_dir(directory: Path) -> tuple[ModuleToml, ModuleManifest]:
     return source, manifest
 
 
-async def package(directory: Path, output: Path, tag: str | None = None) -> Packaged:
-    """Write the package for `directory` into the layout `output` under `tag` (the version)."""
+async def package(
+    directory: Path, output: Path, tag: str | None = None, *, created: float | None = None
+) -> Packaged:
+    """Write the package for `directory` into the layout `output` under `tag` (the version).
+
+    `created` (Unix time; else $SOURCE_DATE_EPOCH, else now) is the only input that is
+    not content: fix it and the same files give the same digest.
+    """
     source, manifest = read_module_dir(directory)
     toml = directory / "module.toml"
     wasm = _read(directory / source.wasm, toml, "wasm")
@@ -81,7 +87,8 @@ async def package(directory: Path, output: Path, tag: str | None = None) -> Pack
     for name, model in sorted(source.models.items()):
         blob = _read(directory / model, toml, f"models.{name}")
         blobs.append((Descriptor.of(MODEL_LAYER, blob, {TITLE: name}), blob))
-    created = float(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
+    if created is None:
+        created = float(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
     config = json.dumps(
         {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
