@@ -123,8 +123,8 @@ class RegisterSpec(_Model):
 
 class RegisterGroup(_Model):
     name: str = Field(pattern=_NAME)
-    interval_s: float = Field(ge=0.001, le=86400)
-    """Poll period; a poll still running when the next is due makes that one skip."""
+    interval_s: float = Field(ge=0.0001, le=86400)
+    """Poll period; ticks that pass while a poll runs are dropped, all but the latest."""
     registers: tuple[RegisterSpec, ...] = Field(min_length=1)
 
 

@@ -2,8 +2,9 @@
 
 Each register group of each device runs in its own task, so a device that hangs delays
 nobody but itself and the devices that share its connection (a serial bus or a gateway
-is one wire: their requests take turns under the connection's lock). A poll that is
-still running when the next is due makes that next one skip; nothing queues up. A device
+is one wire: their requests take turns under the connection's lock). Ticks that pass
+while a poll is still running are dropped, all but the latest, which starts as soon as
+the poll ends; nothing queues up. A device
 whose poll fails entirely is marked offline, logged once at error level (then at debug
 until it recovers) and is not retried within a poll while offline.
 """
@@ -76,6 +77,7 @@ class _Device:
             for g in config.register_map.groups
         }
         self.state: DeviceState = "connecting"
+        self.closed = False
         self.seq = 0
         self.polls = 0
         self.errors = 0
@@ -106,15 +108,17 @@ class _Device:
         loop = asyncio.get_running_loop()
         blocks = self.plans[group.name]
         due = loop.time()
-        while True:
+        # Python 3.11's wait_for (inside pymodbus) can swallow a cancellation that races
+        # an answer, so the loop also stops on the flag `DevicePool.close` sets.
+        while not self.closed:
             await asyncio.sleep(max(0.0, due - loop.time()))
             await self._poll(group, blocks)
             due += group.interval_s
-            late = loop.time() - due
-            if late > 0:
-                missed = int(late // group.interval_s) + 1
-                self.skipped += missed
-                due += missed * group.interval_s
+            now = loop.time()
+            if now > due:
+                # Overran: the ticks that passed are dropped but the latest, which runs now.
+                self.skipped += int((now - due) // group.interval_s)
+                due = now
 
     async def _poll(self, group: RegisterGroup, blocks: tuple[ReadBlock, ...]) -> None:
         ts = time.time()
@@ -138,6 +142,8 @@ class _Device:
                     words.update(((block.table, block.address + i), w) for i, w in enumerate(got))
                     continue
             failed.update(((block.table, a), err.reason) for a in range(block.address, block.end))
+        if self.closed:
+            return  # shutting down: the failures are ours, not the device's
         values = {reg.name: self._value(reg, words, failed) for reg in group.registers}
         self._account(errors, len(blocks))
         async with self._emit_lock:
@@ -324,12 +330,14 @@ class DevicePool:
 
     async def close(self) -> None:
         """Stop polling and close every connection; safe to call twice."""
+        for device in self._devices.values():
+            device.closed = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
         for link in self._links:
             link.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
 
     def status(self) -> tuple[DeviceStatus, ...]:
         return tuple(d.status() for d in self._devices.values())
