@@ -19,10 +19,12 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_shipped_config_loads() -> None:
-    config = load_config(REPO / "config" / "agent.toml")
+@pytest.mark.parametrize("name", ["agent.toml", "demo.toml"])
+def test_shipped_configs_load(name: str) -> None:
+    config = load_config(REPO / "config" / name)
     assert config.engine.kind in ("auto", "wasmedge", "wasmtime")
-    assert {m.name for m in config.modules} == {"scale", "window-stats", "anomaly"}
+    assert not config.supply.allow_unsigned_paths
+    assert all(m.path is None for m in config.modules)
 
 
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import wasmtime
 from ai_edge_litert.interpreter import Interpreter
 
 from agent import errors
-from agent.config import load_config
 from agent.nn import FUNCTIONS, ErrNo, ModelSet, NNLimits, TensorType, nn_host_functions
 from agent.reading import Reading
+from agent.supply import read_module_dir
 from agent.wasm import CompiledModule, Engine, Instance, Limits, ReactorModule, WasiSpec
 
 from .conftest import DIST, ENGINES, REPO, module_bytes
@@ -372,8 +372,9 @@ def test_model_set_reports_bad_files(tmp_path: Path) -> None:
             ModelSet.from_files(paths, **kwargs)
 
 
-def test_the_shipped_config_preloads_the_anomaly_model() -> None:
-    config = load_config(REPO / "config" / "agent.toml")
-    (anomaly,) = [m for m in config.modules if m.name == "anomaly"]
-    assert anomaly.models == {"anomaly": MODEL}
-    assert list(ModelSet.from_files(anomaly.models)) == ["anomaly"]
+def test_the_anomaly_package_ships_its_model() -> None:
+    source, manifest = read_module_dir(REPO / "modules" / "anomaly")
+    assert manifest.capabilities.models == ("anomaly",)
+    models = {name: REPO / "modules" / "anomaly" / path for name, path in source.models.items()}
+    assert models == {"anomaly": MODEL}
+    assert list(ModelSet.from_files(models)) == ["anomaly"]
