@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -214,3 +215,76 @@ def test_a_killed_agent_restarts_where_it_was(node: Node, mosquitto: Mosquitto) 
         assert first_seen == list(range(len(first_seen)))
         assert len(first_seen) >= 20
     assert "activated" not in second_log  # the versions came from the node's own state
+
+
+def test_status_exits_non_zero_while_a_device_is_offline(node: Node) -> None:
+    """The health probe: no pump answers on the device's port."""
+    socket_path = node.config().control.socket
+
+    async def scenario() -> tuple[int, dict[str, object]]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Agent(node.config(), config_path=node.config_path).run(stop))
+
+        def probe() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "agent", "status", "--json", "--socket", str(socket_path)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+
+        result = None
+        for _ in range(100):
+            result = await asyncio.to_thread(probe)
+            if result.returncode != 3 and '"offline"' in result.stdout:
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        assert result is not None
+        return result.returncode, json.loads(result.stdout)
+
+    code, snapshot = asyncio.run(scenario())
+    assert code == 1
+    (device,) = snapshot["devices"]  # type: ignore[misc]
+    assert device["state"] == "offline"
+    assert any("pump-1" in reason for reason in snapshot["health"]["reasons"])  # type: ignore[index]
+
+
+def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
+    """The README's first command, on free ports and a scratch directory."""
+    demo = (REPO / "config" / "demo.toml").read_text()
+    for old, new in (
+        ("../.demo", str(tmp_path / "demo")),
+        ("port = 18830", f"port = {_free_port()}"),
+        ("port = 15020", f"port = {_free_port()}"),
+        ('map = "devices/pump.toml"', f'map = "{REPO}/config/devices/pump.toml"'),
+    ):
+        assert old in demo
+        demo = demo.replace(old, new)
+    config = tmp_path / "demo.toml"
+    config.write_text(demo)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "demo",
+            "--plain",
+            "--seconds",
+            "13",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    topics = [line.split(" ", 1)[0] for line in result.stdout.splitlines()]
+    assert topics[0] == "edge/demo/status"
+    assert "edge/demo/devices/pump-1" in topics
+    assert "edge/demo/scaled" in topics
+    assert "edge/demo/stats" in topics
+    assert (tmp_path / "demo" / "keys" / "cosign.pub").exists()

@@ -34,6 +34,8 @@ def test_the_view_shows_readings_outputs_and_alerts() -> None:
         },
     }
     send(view, "devices/pump-1", reading)
+    settings = {"device": "pump-1", "seq": 42, "ts": 1.5, "values": {"setpoint": {"value": 1450}}}
+    send(view, "devices/pump-1", settings)
     send(view, "anomaly", {"device": "pump-1", "seq": 41, "score": 0.91, "anomaly": True})
     stats = {"device": "pump-1", "seq": 41, "channels": {"vibration": {"mean": 3.5, "std": 0.25}}}
     send(view, "stats", stats)
@@ -41,8 +43,9 @@ def test_the_view_shows_readings_outputs_and_alerts() -> None:
     view.update("elsewhere/topic", b"{}")
     text = draw(view)
     assert "agent online" in text
-    assert "4 messages" in text
+    assert "5 messages" in text
     assert "temperature 61.25 degC" in text
+    assert "setpoint 1450" in text
     assert "pressure 0.00 bar (bad)" in text
     assert "pump-1 #41: score 0.91 ANOMALY" in text
     assert "vibration mean 3.50 std 0.25" in text

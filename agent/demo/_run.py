@@ -118,4 +118,3 @@ def _layouts(config: AgentConfig) -> dict[str, Path]:
             raise ConfigError(f"demo module {module.name!r} must come from an oci: layout")
         layouts[module.name] = Path(module.ref[4:].rpartition(":")[0])
     return layouts
-

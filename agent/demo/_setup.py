@@ -32,6 +32,7 @@ from agent.supply import (
 
 log = logging.getLogger(__name__)
 
+
 async def prepare(keys: Path, layouts: Mapping[str, Path], modules: Path) -> None:
     """Make the key if needed, then package each module into its layout and sign it
     unless the demo key has signed that digest already."""

@@ -58,8 +58,11 @@ class DemoView:
         table = self.readings if relative.startswith("devices/") else self.outputs
         entry = table.setdefault(relative, _Topic())
         entry.count += 1
-        entry.last = body
         entry.at = time.monotonic()
+        if table is self.readings and isinstance(entry.last, dict) and isinstance(body, dict):
+            # A device's register groups arrive as separate readings: keep every value.
+            body = {**body, "values": {**entry.last.get("values", {}), **body.get("values", {})}}
+        entry.last = body
 
     def render(self) -> RenderableType:
         uptime = time.monotonic() - self.started
