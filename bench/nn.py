@@ -14,6 +14,7 @@ Both sides run the bundled anomaly model on the same 12 features, in the same ru
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import struct
@@ -76,9 +77,24 @@ def per_call_us(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(rounds)
 
 
-def litert_call() -> Callable[[], object]:
+def wide_model(directory: Path, hidden: int = 16384) -> Path:
+    """The anomaly model's shape, 12 -> `hidden` -> 1, with random weights: a model whose
+    inference costs about what a real one does, so the ABI's fixed cost shows in scale."""
+    spec = importlib.util.spec_from_file_location("make_model", ROOT / "scripts/make-model.py")
+    assert spec is not None
+    assert spec.loader is not None
+    make_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_model)
+    rng = np.random.default_rng(1)
+    params = [rng.normal(0, 0.1, (hidden, 12)), np.zeros(hidden), rng.normal(0, 0.01, (1, hidden))]
+    path = directory / "wide.tflite"
+    path.write_bytes(make_model.tflite_model([*params, np.zeros(1)]))
+    return path
+
+
+def litert_call(model: Path) -> Callable[[], object]:
     interpreter = Interpreter(
-        model_path=str(MODEL),
+        model_path=str(model),
         num_threads=1,
         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
     )
@@ -129,31 +145,40 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=2000)
     args = parser.parse_args()
-    models = ModelSet.from_files({"anomaly": MODEL})
-    baseline = per_call_us(litert_call(), args.runs)
-    print(f"{'LiteRT from Python':34} {baseline:8.2f} us/inference (baseline)")
-    with tempfile.TemporaryDirectory() as cache:
-        for label, kind, aot in (
-            ("wasmtime", "wasmtime", True),
-            ("WasmEdge AOT", "wasmedge", True),
-            ("WasmEdge interpreter", "wasmedge", False),
+    with tempfile.TemporaryDirectory() as tmp:
+        for title, model, runs in (
+            ("bundled anomaly model (12 -> 16 -> 1)", MODEL, args.runs),
+            ("a wide model (12 -> 16384 -> 1, random weights)", wide_model(Path(tmp)), 200),
         ):
-            try:
-                engine = create_engine(kind, cache_dir=Path(cache), aot=aot)  # type: ignore[arg-type]
-            except EngineUnavailable as err:
-                print(f"{label:34} skipped: {err}")
-                continue
-            if aot and engine.mode != "aot" and kind == "wasmedge":
-                print(f"{label:34} skipped: this libwasmedge has no AOT compiler")
-                continue
-            guest = per_call_us(guest_call(engine, models), args.runs)
-            module = per_call_us(module_call(engine, models), args.runs // 4)
-            print(
-                f"{label + ' guest':34} {guest:8.2f} us/inference  {guest / baseline:5.2f}x "
-                f"(module, one reading: {module:.2f} us, {module / baseline:.2f}x)"
-            )
-            engine.close()
+            print(title)
+            measure(Path(tmp), model, runs, with_module=model == MODEL)
     return 0
+
+
+def measure(cache: Path, model: Path, runs: int, *, with_module: bool) -> None:
+    models = ModelSet.from_files({"anomaly": model})
+    baseline = per_call_us(litert_call(model), runs)
+    print(f"  {'LiteRT from Python':32} {baseline:8.2f} us/inference (baseline)")
+    for label, kind, aot in (
+        ("wasmtime", "wasmtime", True),
+        ("WasmEdge AOT", "wasmedge", True),
+        ("WasmEdge interpreter", "wasmedge", False),
+    ):
+        try:
+            engine = create_engine(kind, cache_dir=cache, aot=aot)  # type: ignore[arg-type]
+        except EngineUnavailable as err:
+            print(f"  {label:32} skipped: {err}")
+            continue
+        if aot and engine.mode != "aot" and kind == "wasmedge":
+            print(f"  {label:32} skipped: this libwasmedge has no AOT compiler")
+            continue
+        guest = per_call_us(guest_call(engine, models), runs)
+        line = f"  {label + ' guest':32} {guest:8.2f} us/inference  {guest / baseline:5.2f}x"
+        if with_module:
+            module = per_call_us(module_call(engine, models), runs // 4)
+            line += f" (module, one reading: {module:.2f} us, {module / baseline:.2f}x)"
+        print(line)
+        engine.close()
 
 
 if __name__ == "__main__":

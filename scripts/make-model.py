@@ -119,7 +119,11 @@ def predict(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def tflite_model(params: list[np.ndarray]) -> bytes:
-    """FULLY_CONNECTED (ReLU) -> FULLY_CONNECTED -> LOGISTIC, float32, [1, 12] -> [1, 1]."""
+    """FULLY_CONNECTED (ReLU) -> FULLY_CONNECTED -> LOGISTIC, float32, [1, 12] -> [1, 1].
+
+    The hidden width is the first layer's (`HIDDEN` for the anomaly model).
+    """
+    hidden = len(params[1])
     b = flatbuffers.Builder(4096)
     weights = [p.astype("<f4").tobytes() for p in params]
 
@@ -151,10 +155,10 @@ def tflite_model(params: list[np.ndarray]) -> bytes:
     # (name, shape, buffer): buffer 0 is the empty one activations use.
     specs = [
         ("features", [1, len(FEATURES)], 0),
-        ("dense1/weights", [HIDDEN, len(FEATURES)], 1),
-        ("dense1/bias", [HIDDEN], 2),
-        ("hidden", [1, HIDDEN], 0),
-        ("dense2/weights", [1, HIDDEN], 3),
+        ("dense1/weights", [hidden, len(FEATURES)], 1),
+        ("dense1/bias", [hidden], 2),
+        ("hidden", [1, hidden], 0),
+        ("dense2/weights", [1, hidden], 3),
         ("dense2/bias", [1], 4),
         ("logit", [1, 1], 0),
         ("score", [1, 1], 0),
