@@ -288,3 +288,28 @@ def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
     assert "edge/demo/scaled" in topics
     assert "edge/demo/stats" in topics
     assert (tmp_path / "demo" / "keys" / "cosign.pub").exists()
+
+
+def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(node: Node) -> None:
+    async def scenario() -> str:
+        log = node.config_path.parent / "agent.log"
+        with log.open("w") as out:
+            agent = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent", "--log-level", "info", "run",
+                "--config", str(node.config_path), stderr=out,
+            )  # fmt: skip
+            await until(lambda: "running as" in log.read_text(), 30)
+            good = node.config_path.read_text()
+            node.config_path.write_text(good + "\n[nonsense]\n")
+            agent.send_signal(signal.SIGHUP)
+            await until(lambda: "not reloaded" in log.read_text(), 10)
+            node.config_path.write_text(good.replace("every = 5", "every = 7"))
+            agent.send_signal(signal.SIGHUP)
+            await until(lambda: log.read_text().count("running as") == 2, 30)
+            agent.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(agent.wait(), 30) == 0
+        return log.read_text()
+
+    text = asyncio.run(scenario())
+    assert "nonsense: unknown key" in text
+    assert "config reloaded from" in text

@@ -202,9 +202,10 @@ class Agent:
 
     async def _start_modules(self) -> None:
         """Signed modules the supply has active, then local files if allowed, then ask
-        the supply for the `ref` modules of the config. Devices start after those
-        deploys, so first readings find their modules, but never later than
-        `_STARTUP_DEPLOY_S`: offline, the node runs what it has and keeps trying."""
+        the supply for the `ref` modules of the config. Devices wait only for modules
+        being installed for the first time, so first readings find them, and never
+        longer than `_STARTUP_DEPLOY_S`; a module that is already active keeps running
+        while its update is fetched (offline, the node runs what it has)."""
         config = self.config
         by_name = {m.name: m for m in config.modules}
         for state in self.supply.modules():
@@ -221,13 +222,14 @@ class Agent:
                     "supply.allow_unsigned_paths = true for development"
                 )
             await self._start(spec_from_path(config, module))
-        deploys = [
-            self._spawn(self._deploy_configured(module), f"deploy {module.name}")
-            for module in config.modules
-            if module.ref is not None
-        ]
-        if deploys:
-            await asyncio.wait(deploys, timeout=_STARTUP_DEPLOY_S)
+        first_installs = []
+        for module in config.modules:
+            if module.ref is not None:
+                task = self._spawn(self._deploy_configured(module), f"deploy {module.name}")
+                if self.pipeline.host(module.name) is None:
+                    first_installs.append(task)
+        if first_installs:
+            await asyncio.wait(first_installs, timeout=_STARTUP_DEPLOY_S)
 
     async def _deploy_configured(self, module: ModuleConfig) -> None:
         assert module.ref is not None

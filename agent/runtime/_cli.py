@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
+from agent.errors import ConfigError
 from agent.runtime._agent import Agent
 from agent.runtime._lifecycle import run_until_stopped
 
@@ -20,8 +22,8 @@ def add_run_command(commands: Any) -> None:
         "run",
         help="run the agent: poll devices, run modules, publish to MQTT",
         description="Runs the agent in the foreground until SIGTERM or SIGINT (a second "
-        "one, or the grace period, forces the stop). `config.reload` over MQTT restarts "
-        "it in place with the re-read file.",
+        "one, or the grace period, forces the stop). SIGHUP, or `config.reload` over MQTT, "
+        "restarts it in place with the re-read file, if that file is valid.",
     )
     run.add_argument("--config", type=Path, required=True, metavar="agent.toml")
     run.add_argument(
@@ -38,12 +40,28 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(config: Any, config_path: Path | None, *, grace_s: float = 15.0) -> None:
-    """Run agents one after another while `config.reload` asks for a fresh start."""
+async def serve(config: AgentConfig, config_path: Path | None, *, grace_s: float = 15.0) -> None:
+    """Run agents one after another while `config.reload` or SIGHUP asks for a fresh
+    start with the re-read file. A file that does not validate changes nothing."""
+    loop = asyncio.get_running_loop()
     while True:
         agent = Agent(config, config_path=config_path)
-        await run_until_stopped(agent.run, grace_s=grace_s)
+        if config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, _reload, agent, config_path)
+        try:
+            await run_until_stopped(agent.run, grace_s=grace_s)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
         if agent.reload is None:
             return
         log.info("config reloaded from %s: starting again", config_path)
         config = agent.reload
+
+
+def _reload(agent: Agent, config_path: Path) -> None:
+    try:
+        agent.reload = load_config(config_path)
+    except ConfigError as err:
+        log.error("SIGHUP: the config was not reloaded, the agent goes on as it was: %s", err)
+        return
+    agent.request_stop()
