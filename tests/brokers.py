@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +30,29 @@ from cryptography.x509.oid import NameOID
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BROKER_INFLIGHT = 20
-"""QoS 1 messages the broker sends a subscriber before waiting for its PUBACKs."""
+"""QoS 1 messages the broker should send a subscriber before waiting for its PUBACKs.
+
+mosquitto before 2.0.13 does not hold to it once messages are queued for a subscriber:
+its db__message_delete_outgoing promotes queued messages by the acknowledged message's
+position in the inflight list, not by how many are in flight, so each PUBACK for the
+oldest message puts up to this many more in flight, and a subscriber's backlog goes out
+in one burst (mosquitto #2301, fixed by "Various fixes around inflight quota
+management" in 2.0.13; Debian 12 ships 2.0.11). See `enforces_inflight_window`.
+"""
+
+
+@functools.cache
+def mosquitto_version() -> tuple[int, ...]:
+    """The installed broker's version, from the first line of `mosquitto -h`."""
+    out = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True, check=False)
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    assert match, f"cannot tell the mosquitto version from {out.stdout[:200]!r}"
+    return tuple(int(part) for part in match.groups())
+
+
+def enforces_inflight_window() -> bool:
+    """Whether the broker keeps to `BROKER_INFLIGHT` for a subscriber with a backlog."""
+    return mosquitto_version() >= (2, 0, 13)
 
 
 def free_port() -> int:
@@ -118,7 +142,12 @@ class Mosquitto:
 
 class Subscriber:
     """mosquitto_sub at QoS 1 with a persistent session: sees what the broker delivers,
-    reconnecting on its own across broker restarts."""
+    reconnecting on its own across broker restarts.
+
+    `dup[i]` is the DUP flag `messages[i]` arrived with: set only when the broker resends
+    a message it had already sent this subscriber (its own redelivery), never on a
+    publisher's resend, which the broker forwards as a new message.
+    """
 
     def __init__(self, broker: Mosquitto, topic: str, *extra: str) -> None:
         self._args = [
@@ -127,6 +156,8 @@ class Subscriber:
             "-q", "1", "-c", "-i", f"sub-{broker.port}-{id(self)}", "-v", "-d", *extra,
         ]  # fmt: skip
         self.messages: list[tuple[str, str]] = []
+        self.dup: list[bool] = []
+        self._next_dup = False
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -155,9 +186,12 @@ class Subscriber:
             if line.startswith(("Client ", "Subscribed")):
                 if "received SUBACK" in line:
                     self._subscribed.set()
+                elif "received PUBLISH (" in line:  # -d: the header precedes the message
+                    self._next_dup = "received PUBLISH (d1" in line
                 continue
             topic, _, payload = line.partition(" ")
             self.messages.append((topic, payload))
+            self.dup.append(self._next_dup)
             self._arrived.set()
 
     async def wait_for(self, count: int, seconds: float = 20) -> list[tuple[str, str]]:

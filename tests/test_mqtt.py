@@ -2,8 +2,8 @@
 
 The subscriber is mosquitto_sub, not our code. Delivery is at least once: after a
 lost connection the link resends what was unacknowledged, so a subscriber may see a
-message twice; `check_stream` requires every accepted message, first deliveries in
-order, and bounds the redeliveries.
+message twice; `check_stream` requires every accepted message and first deliveries in
+order, and `repeats_by_origin` tells the link's resends from the broker's own.
 """
 
 from __future__ import annotations
@@ -22,7 +22,14 @@ from agent.config import MqttConfig
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
 from agent.outbox import Outbox
 
-from .brokers import BROKER_INFLIGHT, Mosquitto, Pki, Subscriber, until
+from .brokers import (
+    BROKER_INFLIGHT,
+    Mosquitto,
+    Pki,
+    Subscriber,
+    enforces_inflight_window,
+    until,
+)
 from .conftest import REPO
 
 NODE = "gw1"
@@ -46,7 +53,7 @@ def check_stream(seen: list[int], accepted: set[int]) -> int:
     last = -1
     for s in seen:
         if s in delivered:
-            continue  # a redelivery of a message whose PUBACK was lost with the connection
+            continue  # a redelivery: see `repeats_by_origin`
         assert s > last, f"{s} arrived out of order after {last}"
         delivered.add(s)
         last = s
@@ -84,9 +91,35 @@ def test_every_message_arrives_once_in_order(
     asyncio.run(scenario())
 
 
+def repeats_by_origin(sub: Subscriber, topic: str = f"edge/{NODE}/seq") -> tuple[int, int]:
+    """(repeats the publisher sent again, repeats the broker sent again): a publisher's
+    resend reaches the subscriber as a new message, the broker's own resend with DUP."""
+    delivered: set[str] = set()
+    by_publisher = by_broker = 0
+    for (t, payload), dup in zip(sub.messages, sub.dup, strict=True):
+        if t != topic:
+            continue
+        if payload in delivered:
+            by_broker += dup
+            by_publisher += not dup
+        delivered.add(payload)
+    return by_publisher, by_broker
+
+
+async def reconnected(link: MqttLink, reconnects: int) -> None:
+    """Wait until the link has made its `reconnects`-th reconnection and is connected.
+
+    Not `wait_connected()`: right after a broker restart the link may not yet have
+    noticed that the old connection died, and that would return at once on it; the
+    next stop would then overlap this reconnection.
+    """
+    await until(lambda: link.state().reconnects >= reconnects and link.state().connected, 10)
+
+
 def test_broker_restarts_lose_and_reorder_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
     n = 3000
     max_inflight = 16
+    restarts = 5
 
     async def producer(outbox: Outbox) -> None:
         for i in range(n):
@@ -94,29 +127,38 @@ def test_broker_restarts_lose_and_reorder_nothing(mosquitto: Mosquitto, tmp_path
             if i % 20 == 0:
                 await asyncio.sleep(0.002)  # a steady stream, over about a second
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[int, int]:
         async with Subscriber(mosquitto, f"edge/{NODE}/seq") as sub:
             with Outbox.open(tmp_path / "outbox.sqlite") as outbox:
                 config = mqtt_config(mosquitto.port, max_inflight=max_inflight)
                 async with MqttLink(config, outbox, node_id=NODE) as link:
+                    # A stop during the first CONNECT would cost the connect timeout.
+                    await asyncio.wait_for(link.wait_connected(), 10)
                     produce = asyncio.create_task(producer(outbox))
-                    for _ in range(5):
+                    for restart in range(1, restarts + 1):
                         await asyncio.sleep(0.1)
                         await asyncio.to_thread(mosquitto.stop)
                         await asyncio.sleep(0.15)  # puts go on while the broker is down
                         await asyncio.to_thread(mosquitto.start)
-                        await asyncio.wait_for(link.wait_connected(), 10)
+                        await reconnected(link, restart)
                     await produce
                     await drained(outbox, seconds=30)
-                    assert link.state().reconnects >= 5
+                    assert link.state().reconnects >= restarts
             await until(lambda: n - 1 in seqs(sub.messages), 30)
-        redelivered = check_stream(seqs(sub.messages), set(range(n)))
-        # Per restart: our unacknowledged window, resent by the link, plus the broker's
-        # window to the subscriber, resent by the broker to the persistent session.
-        assert redelivered <= 5 * (max_inflight + BROKER_INFLIGHT)
-        return redelivered
+        check_stream(seqs(sub.messages), set(range(n)))
+        return repeats_by_origin(sub)
 
-    asyncio.run(scenario())
+    by_link, by_broker = asyncio.run(scenario())
+    # Ours: after each reconnect the link resends what was in flight without a PUBACK,
+    # at most its window; anything more would be a resend of what the broker had
+    # acknowledged.
+    assert by_link <= restarts * max_inflight
+    # The broker's: what it had sent the persistent subscriber without getting a PUBACK
+    # back when it stopped, sent again with DUP. That is at most its window per stop only
+    # where mosquitto keeps to the window; 2.0.11 sends a subscriber's whole backlog at
+    # once and then repeats hundreds (see BROKER_INFLIGHT).
+    if enforces_inflight_window():
+        assert by_broker <= restarts * BROKER_INFLIGHT
 
 
 def test_sigkilled_publisher_loses_nothing_after_restart(

@@ -267,6 +267,11 @@ class MqttLink:
                 await asyncio.gather(*tasks, *self._inflight, return_exceptions=True)
                 if not lost.done():
                     lost.cancel()
+                elif not lost.cancelled():
+                    # A publish can fail after another task already ended the session;
+                    # its error says the same thing, so retrieve it instead of letting
+                    # asyncio report "Future exception was never retrieved".
+                    lost.exception()
 
     async def _stopped(self) -> None:
         await self._stop.wait()
