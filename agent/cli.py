@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.check import add_check_command
 from agent.commands import add_command_commands
 from agent.config import load_config
 from agent.control import add_status_command
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=_config_show)
 
     add_status_command(commands)
+    add_check_command(commands)
     add_run_command(commands)
     add_demo_command(commands)
     add_command_commands(commands)

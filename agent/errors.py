@@ -159,6 +159,18 @@ class MqttUnavailable(AgentError):
     """A direct publish needs a broker connection and there is none right now."""
 
 
+class BrokerUnreachable(AgentError):
+    """A connection attempt to the broker failed; `kind` says how: `unreachable`
+    (refused, no route), `timeout`, `tls`, `auth` (bad credentials, not authorised) or
+    `refused` (any other CONNACK refusal)."""
+
+    def __init__(self, broker: str, kind: str, message: str) -> None:
+        super().__init__(f"{broker}: {message}")
+        self.broker = broker
+        self.kind = kind
+        self.reason = message
+
+
 class ModbusError(AgentError):
     """A Modbus request failed; `where` names the device (or the connection) it was for."""
 

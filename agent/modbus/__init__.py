@@ -4,6 +4,7 @@ from agent.modbus._codec import RawValue, decode, encode
 from agent.modbus._map import RegisterGroup, RegisterMap, RegisterSpec, load_register_map
 from agent.modbus._plan import ReadBlock, plan_reads
 from agent.modbus._pool import DevicePool, DeviceState, DeviceStatus, OnReading
+from agent.modbus._probe import probe_device
 
 __all__ = [
     "DevicePool",
@@ -19,4 +20,5 @@ __all__ = [
     "encode",
     "load_register_map",
     "plan_reads",
+    "probe_device",
 ]

@@ -8,8 +8,9 @@ starts again from the oldest unacknowledged message, so a message whose PUBACK w
 with the connection is sent again: delivery is at least once, and a subscriber can see
 a redelivered message a second time, never out of order relative to its first delivery.
 
-The only module that imports aiomqtt (and paho-mqtt). It must not decide what is
-published: producers put into the outbox, command handlers reply through `reply`.
+Builds its client through `_client` (only this package imports aiomqtt and paho-mqtt).
+It must not decide what is published: producers put into the outbox, command handlers
+reply through `reply`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from paho.mqtt.properties import Properties
 from agent import __version__
 from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
+from agent.mqtt._client import new_client
 from agent.outbox import Message, Outbox
 from agent.wasm import topic_allowed
 
@@ -279,21 +281,14 @@ class MqttLink:
     def _new_client(self) -> aiomqtt.Client:
         config = self._config
         v5 = config.protocol == "5"
-        client = aiomqtt.Client(
-            config.host,
-            config.broker_port,
-            identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-            username=config.username,
-            password=config.secret,
-            keepalive=config.keepalive,
+        client = new_client(
+            config,
+            self._client_id,
             will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
             # The outbox, not the broker session, is what survives us: start clean.
             clean_session=None if v5 else True,
             clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
             max_inflight_messages=config.max_inflight,
-            tls_context=config.tls.context if config.tls is not None else None,
-            timeout=config.connect_timeout_s,
         )
         client.pending_calls_threshold = config.max_inflight + 16
         return client

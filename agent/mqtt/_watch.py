@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from agent.config import MqttConfig
+from agent.mqtt._client import new_client
 
 log = logging.getLogger(__name__)
 
@@ -17,20 +18,9 @@ log = logging.getLogger(__name__)
 async def watch(config: MqttConfig, topic_filter: str) -> AsyncIterator[tuple[str, bytes]]:
     """Yield `(topic, payload)` for every message on `topic_filter`, reconnecting as
     needed (a subscriber may start before its broker)."""
-    v5 = config.protocol == "5"
     while True:
         try:
-            async with aiomqtt.Client(
-                config.host,
-                config.broker_port,
-                identifier=f"edge-agent-watch-{uuid.uuid4().hex[:8]}",
-                protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
-                username=config.username,
-                password=config.secret,
-                keepalive=config.keepalive,
-                tls_context=config.tls.context if config.tls is not None else None,
-                timeout=config.connect_timeout_s,
-            ) as client:
+            async with new_client(config, f"edge-agent-watch-{uuid.uuid4().hex[:8]}") as client:
                 await client.subscribe(topic_filter, qos=1)
                 async for message in client.messages:
                     payload = message.payload

@@ -41,7 +41,12 @@ def open_repository(ref: Reference, config: SupplyConfig) -> Repository:
     """The repository `ref` names, with the auth and CA configured for its registry."""
     if ref.layout is not None:
         return LayoutRepository(ref.layout)
-    host = ref.registry or ""
+    return registry_client(ref.registry or "", config).repository(ref.repository)
+
+
+def registry_client(host: str, config: SupplyConfig) -> RegistryClient:
+    """A client for registry `host` with the auth and CA `supply.registries` give it
+    (anonymous HTTPS for a host it does not list)."""
     access = RegistryAccess(
         retry=Retry(config.retry_attempts, config.retry_initial_s, config.retry_max_s)
     )
@@ -56,7 +61,7 @@ def open_repository(ref: Reference, config: SupplyConfig) -> Repository:
             access = RegistryAccess(
                 registry.insecure, registry.ca, registry.username, password, access.retry
             )
-    return RegistryClient(host, access).repository(ref.repository)
+    return RegistryClient(host, access)
 
 
 async def sign_reference(

@@ -87,6 +87,21 @@ class RegistryClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def ping(self, timeout_s: float) -> int:
+        """The status of one unauthenticated `GET /v2/`, without retries: 200 or 401
+        mean a registry answers there. Raises `RegistryUnavailable` when nothing does.
+
+        httpx's own timeout, not a cancellation: a cancelled request can leave its
+        connection open after the client is closed."""
+        url = f"{self._base}/v2/"
+        try:
+            response = await self._http.get(url, timeout=timeout_s)
+        except httpx.TimeoutException as err:
+            raise RegistryUnavailable(f"GET {url}: no answer within {timeout_s:g} s") from err
+        except httpx.TransportError as err:
+            raise RegistryUnavailable(f"GET {url}: {err or type(err).__name__}") from err
+        return response.status_code
+
     async def request(
         self,
         method: str,

@@ -20,13 +20,14 @@ from agent.wasm._guest import (
     topic_allowed,
     topic_error,
 )
-from agent.wasm._select import EngineChoice, create_engine
+from agent.wasm._select import EngineChoice, EngineFound, create_engine, find_engines
 
 __all__ = [
     "ABI_VERSION",
     "CompiledModule",
     "Engine",
     "EngineChoice",
+    "EngineFound",
     "GuestMemory",
     "HostFunction",
     "Instance",
@@ -38,6 +39,7 @@ __all__ = [
     "WasiSpec",
     "create_engine",
     "encode_reading",
+    "find_engines",
     "run_command",
     "topic_allowed",
     "topic_error",

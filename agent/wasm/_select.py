@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -12,6 +13,36 @@ from agent.wasm._api import Engine
 log = logging.getLogger(__name__)
 
 EngineChoice = Literal["auto", "wasmedge", "wasmtime"]
+
+
+@dataclass(frozen=True)
+class EngineFound:
+    """An engine as this host offers it, found without starting it."""
+
+    name: str
+    version: str | None = None
+    """None when the engine cannot be used here (`absent` says why)."""
+    library: Path | None = None
+    """WasmEdge: the libwasmedge that was loaded."""
+    compiler: bool | None = None
+    """WasmEdge: whether the library has the LLVM compiler for AOT."""
+    absent: str | None = None
+
+
+def find_engines(wasmedge_lib: Path | None = None) -> tuple[EngineFound, EngineFound]:
+    """WasmEdge and wasmtime as `create_engine` would find them: `auto` takes WasmEdge
+    exactly when its `absent` is None."""
+    from agent.wasm._wasmtime import wasmtime_version  # noqa: PLC0415
+    from agent.wasm.wasmedge import find_library, load_library  # noqa: PLC0415
+
+    try:
+        path = find_library(wasmedge_lib)
+        lib = load_library(path)
+    except EngineUnavailable as err:
+        wasmedge = EngineFound("wasmedge", absent=str(err))
+    else:
+        wasmedge = EngineFound("wasmedge", str(lib.version), path, lib.has_compiler)
+    return wasmedge, EngineFound("wasmtime", wasmtime_version())
 
 
 def create_engine(
