@@ -15,6 +15,8 @@ from agent.wasm import encode_reading
 from .conftest import DIST, ENGINES, REPO
 from .test_engines import pump_readings
 
+pytestmark = pytest.mark.arm64
+
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

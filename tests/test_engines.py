@@ -19,6 +19,8 @@ from agent.wasm import Engine, Limits, Message, ReactorModule, WasiSpec, create_
 
 from .conftest import module_bytes
 
+pytestmark = pytest.mark.arm64
+
 
 def pump_readings(n: int, samples: int = 1000, seed: int = 7) -> list[Reading]:
     rng = random.Random(seed)

@@ -23,6 +23,8 @@ from agent.wasm._stackguard import (
 
 from .conftest import DIST
 
+pytestmark = pytest.mark.arm64
+
 ENGINE = wasmtime.Engine()
 HEADER = b"\0asm\1\0\0\0"
 
