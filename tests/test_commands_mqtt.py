@@ -122,6 +122,7 @@ async def exchange(
     return answers
 
 
+@pytest.mark.arm64
 def test_commands_through_mosquitto(broker: int, tmp_path: Path) -> None:
     key, pub = keypair(tmp_path, "ops")
     stranger, _ = keypair(tmp_path, "stranger")

@@ -9,6 +9,8 @@ from agent.modbus import decode, encode
 from agent.modbus._codec import to_engineering, to_raw
 from tests._registers import image
 
+pytestmark = pytest.mark.arm64
+
 CASES = [
     ("int16", "h", -12345),
     ("uint16", "H", 0xBEEF),

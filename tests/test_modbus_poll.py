@@ -26,6 +26,8 @@ from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
 from tests._registers import image
 
+pytestmark = pytest.mark.arm64
+
 GROUPS: dict[str, list[dict[str, Any]]] = {
     "fast": [
         {"name": "temperature", "table": "input", "address": 0, "type": "float32", "unit": "degC"},

@@ -32,6 +32,8 @@ from .brokers import (
 )
 from .conftest import REPO
 
+pytestmark = pytest.mark.arm64
+
 NODE = "gw1"
 
 

@@ -26,6 +26,8 @@ from agent.wasm import CompiledModule, Engine, Instance, Limits, ReactorModule, 
 from .conftest import DIST, ENGINES, REPO, module_bytes
 from .test_cli import edge_agent
 
+pytestmark = pytest.mark.arm64
+
 MODEL = REPO / "modules" / "anomaly" / "model.tflite"
 PUMP_READINGS = REPO / "modules" / "anomaly" / "pump-readings.jsonl"
 F32 = int(TensorType.F32)

@@ -10,6 +10,8 @@ import pytest
 from agent.errors import OutboxError
 from agent.outbox import Outbox, OutboxLimits, Outgoing
 
+pytestmark = pytest.mark.arm64
+
 
 def put_seq(outbox: Outbox, seqs: range, **kw: object) -> None:
     async def go() -> None:

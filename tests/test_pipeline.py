@@ -15,6 +15,8 @@ from agent.runtime import ModuleHost, Pipeline, Route
 from agent.wasm import Engine, Limits, ReactorModule
 from tests.conftest import module_bytes
 
+pytestmark = pytest.mark.arm64
+
 ROOT = "edge/node-1"
 
 
