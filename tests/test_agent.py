@@ -120,6 +120,7 @@ def seqs(docs: list[dict[str, object]]) -> list[int]:
     return [int(d["seq"]) for d in docs]  # type: ignore[call-overload]
 
 
+@pytest.mark.arm64
 def test_readings_flow_from_the_device_through_signed_modules_to_the_broker(
     node: Node, mosquitto: Mosquitto
 ) -> None:
