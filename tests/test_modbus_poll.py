@@ -26,8 +26,6 @@ from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
 from tests._registers import image
 
-pytestmark = pytest.mark.arm64
-
 GROUPS: dict[str, list[dict[str, Any]]] = {
     "fast": [
         {"name": "temperature", "table": "input", "address": 0, "type": "float32", "unit": "degC"},
@@ -165,6 +163,7 @@ def count_reads(img: DeviceImage) -> list[int]:
 
 
 @pytest.mark.parametrize("transport", ["tcp", "rtu-tcp"])
+@pytest.mark.arm64
 def test_poll_decodes_every_type_and_order(
     transport: str, map_file: Callable[[float], Path]
 ) -> None:
@@ -192,6 +191,7 @@ def test_poll_decodes_every_type_and_order(
     run(scenario)
 
 
+@pytest.mark.arm64
 def test_single_register_devices_read_address_by_address(map_file: Callable[[float], Path]) -> None:
     async def scenario() -> None:
         img = fill(DeviceImage())
@@ -228,6 +228,7 @@ def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
     proc.wait(5)
 
 
+@pytest.mark.arm64
 def test_rtu_over_a_serial_line(
     pty_pair: tuple[str, str], map_file: Callable[[float], Path]
 ) -> None:
@@ -392,6 +393,7 @@ def test_overlapping_polls_are_skipped_not_queued(map_file: Callable[[float], Pa
     run(scenario)
 
 
+@pytest.mark.arm64
 def test_writes_are_checked_encoded_and_read_back(map_file: Callable[[float], Path]) -> None:
     async def scenario() -> None:
         img = fill(DeviceImage())
