@@ -24,6 +24,7 @@ from agent.control import fetch_status
 from agent.demo import prepare
 from agent.runtime import Agent
 from agent.sim import PumpDevice, PumpModel, SimServer
+from agent.supply import load_private_key, package, parse_reference, sign_reference
 from tests.brokers import Mosquitto, Subscriber, until
 from tests.conftest import REPO
 
@@ -316,3 +317,69 @@ def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(node: Node
     text = asyncio.run(scenario())
     assert "nonsense: unknown key" in text
     assert "config reloaded from" in text
+
+
+def test_a_deployed_version_that_traps_is_rolled_back_by_the_running_agent(
+    node: Node, mosquitto: Mosquitto, signed_layouts: Path, tmp_path: Path
+) -> None:
+    """`module.deploy` over MQTT installs 1.1.0 of `scale`, which traps on every reading;
+    past the rollout budget the agent goes back to 1.0.0 by itself and says why."""
+    source = tmp_path / "bad-scale"
+    source.mkdir()
+    (source / "module.toml").write_text(
+        f'name = "scale"\nversion = "1.1.0"\nwasm = "{REPO}/modules/dist/faulty.wasm"\n'
+        '[config]\nfault = "trap"\n[capabilities]\nemit = ["scaled"]\n'
+    )
+    # The node overrides nothing of scale's config: 1.1.0 (the faulty module) would
+    # rightly refuse keys it does not know at configure time, in its smoke test.
+    text = node.config_path.read_text()
+    node.config_path.write_text(
+        text.replace('[modules.config.channels.temperature]\nto = "degF"\n', "")
+    )
+    keys = signed_layouts / "keys"
+    private = load_private_key(keys / "cosign.key", (keys / "password").read_bytes())
+    layout = tmp_path / "oci-bad"
+
+    async def publish_signed() -> str:
+        packaged = await package(source, layout)
+        ref = parse_reference(f"oci:{packaged.layout}:{packaged.tag}")
+        await sign_reference(ref, private, node.config().supply)
+        return f"oci:{packaged.layout}:{packaged.tag}"
+
+    async def command(name: str, args: dict[str, object]) -> dict[str, object]:
+        rr = await asyncio.create_subprocess_exec(
+            "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5",
+            "-t", f"{ROOT}/cmd/{name}", "-e", f"{ROOT}/cmd/{name}/response",
+            "-m", json.dumps({"id": name, "args": args}), "-W", "20",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await rr.communicate()
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    async def scenario() -> tuple[dict[str, object], dict[str, object], list[tuple[str, str]]]:
+        ref = await publish_signed()
+        stop = asyncio.Event()
+        agent = Agent(node.config(), config_path=node.config_path)
+        async with (
+            SimServer({1: node.pump.image}, port=node.device_port),
+            Subscriber(mosquitto, f"{ROOT}/scaled") as sub,
+        ):
+            task = asyncio.create_task(agent.run(stop))
+            await until(lambda: len(sub.messages) >= 5)
+            deployed = await command("module.deploy", {"reference": ref})
+            await until(lambda: any(s.status == "rolled-back" for s in agent.supply.modules()))
+            resumed = len(sub.messages)
+            await until(lambda: len(sub.messages) >= resumed + 5)
+            listed = await command("module.list", {})
+            stop.set()
+            await task
+        return deployed, listed, sub.messages
+
+    deployed, listed, messages = asyncio.run(scenario())
+    assert deployed["status"] == "ok", deployed
+    assert deployed["data"]["version"] == "1.1.0"  # type: ignore[index]
+    (scale,) = [m for m in listed["data"] if m["name"] == "scale"]  # type: ignore[union-attr]
+    assert scale["version"] == "1.0.0"
+    assert scale["status"] == "rolled-back"
+    # Every scaled message came from 1.0.0: the trapping version emitted nothing.
+    assert all(json.loads(p)["values"] for _, p in messages)
