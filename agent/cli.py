@@ -18,7 +18,6 @@ from agent.config import load_config
 from agent.control import add_status_command
 from agent.demo import add_demo_command
 from agent.errors import AgentError
-from agent.nn import ModelSet, nn_host_functions
 from agent.reading import Reading
 from agent.runtime import add_run_command
 from agent.supply._cli import register as register_supply
@@ -126,7 +125,13 @@ def _module_run(args: argparse.Namespace) -> int:
         print(f"edge-agent: {err}", file=sys.stderr)
         return 2
     limits = Limits(args.memory_pages, args.deadline_ms, args.fuel)
-    models = ModelSet.from_files(dict(args.model)) if args.model else None
+    instance_host = None
+    if args.model:
+        # Imported here: NumPy and LiteRT take 28 MB that runs without models keep.
+        from agent.nn import ModelSet, nn_host_functions  # noqa: PLC0415
+
+        models = ModelSet.from_files(dict(args.model))
+        instance_host = functools.partial(nn_host_functions, models)
     engine = create_engine(args.engine, cache_dir=args.cache_dir)
     try:
         compiled = engine.compile(wasm, args.wasm.stem)
@@ -138,7 +143,7 @@ def _module_run(args: argparse.Namespace) -> int:
             compiled,
             module_config,
             limits=limits,
-            instance_host=functools.partial(nn_host_functions, models) if models else None,
+            instance_host=instance_host,
         )
         try:
             for reading in readings:

@@ -9,9 +9,9 @@ stamps each message as it arrives. Three figures, each with its baseline:
    read loop sending the same two requests per reading to the same server;
 2. latency: poll to delivery at the subscriber at 100 polls per second, p50 and p99
    (the reading's timestamp is taken when its poll completes);
-3. memory: the agent's resident set with 3 devices and 3 modules (scale, window-stats
-   after it, anomaly with its model) at 20 polls per second each, sampled over the
-   run: first, last and peak.
+3. memory: the agent's resident set with 3 devices at 20 polls per second each and
+   3 modules, sampled over the run (first, last, peak): scale, window-stats after it
+   and a second window-stats; then with anomaly (NumPy and LiteRT) as the third.
 
     .venv/bin/python bench/datapath.py [--seconds N] [--memory-minutes M]
 """
@@ -126,9 +126,7 @@ topic = "scaled"
 to = "degF"
 """
 
-THREE_MODULES = (
-    SCALE
-    + f"""
+STATS = f"""
 [[modules]]
 name = "window-stats"
 path = "{DIST}/window-stats.wasm"
@@ -137,15 +135,31 @@ after = "scale"
 topic = "stats"
 window = 100
 every = 10
+"""
 
+THREE_MODULES = {
+    "scale, window-stats, window-stats": SCALE
+    + STATS
+    + f"""
+[[modules]]
+name = "long-stats"
+path = "{DIST}/window-stats.wasm"
+[modules.config]
+topic = "long-stats"
+window = 1000
+every = 100
+""",
+    "scale, window-stats, anomaly (NumPy, LiteRT)": SCALE
+    + STATS
+    + f"""
 [[modules]]
 name = "anomaly"
 path = "{DIST}/anomaly.wasm"
 models = {{ anomaly = "{ROOT}/modules/anomaly/model.tflite" }}
 [modules.config]
 model = "anomaly"
-"""
-)
+""",
+}
 
 
 def run_agent(config: Path) -> Process:
@@ -193,8 +207,8 @@ def latency(tmp: Path, broker: int, pump_port: int, seconds: float) -> tuple[flo
     return rate, statistics.median(delays), delays[int(0.99 * len(delays))]
 
 
-def memory(tmp: Path, broker: int, ports: list[int], minutes: float) -> list[float]:
-    agent = run_agent(write_config(tmp, broker, ports, 0.05, THREE_MODULES))
+def memory(tmp: Path, broker: int, ports: list[int], minutes: float, modules: str) -> list[float]:
+    agent = run_agent(write_config(tmp, broker, ports, 0.05, modules))
     samples = []
     try:
         end = time.monotonic() + minutes * 60
@@ -246,12 +260,13 @@ def main() -> int:
                 f"latency at {rate:5.0f} polls/s  p50 {p50:6.2f} ms   p99 {p99:6.2f} ms "
                 "(target p99 5 ms at 100 polls/s)"
             )
-            samples = memory(tmp, broker_port, pumps, args.memory_minutes)
-            print(
-                f"memory, 3 devices x 20 polls/s, 3 modules, {args.memory_minutes:g} min: "
-                f"first {samples[0]:.1f} MB, last {samples[-1]:.1f} MB, "
-                f"peak {max(samples):.1f} MB (target 80 MB, flat)"
-            )
+            for names, modules in THREE_MODULES.items():
+                samples = memory(tmp, broker_port, pumps, args.memory_minutes, modules)
+                print(
+                    f"memory, 3 devices x 20 polls/s, {names}, {args.memory_minutes:g} min: "
+                    f"first {samples[0]:.1f} MB, last {samples[-1]:.1f} MB, "
+                    f"peak {max(samples):.1f} MB (target 80 MB, flat)"
+                )
         finally:
             for child in children:
                 child.stop()

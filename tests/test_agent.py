@@ -21,7 +21,7 @@ import pytest
 
 from agent.config import AgentConfig, load_config
 from agent.control import fetch_status
-from agent.demo import prepare
+from agent.demo._setup import prepare
 from agent.runtime import Agent
 from agent.sim import PumpDevice, PumpModel, SimServer
 from agent.supply import load_private_key, package, parse_reference, sign_reference

@@ -21,9 +21,9 @@ from agent.control import (
     EXIT_UNHEALTHY,
     ControlServer,
     fetch_status,
-    render_status,
     request,
 )
+from agent.control._render import render_status
 from agent.errors import AgentNotRunning, ControlError
 from agent.status import StatusSnapshot
 

@@ -6,7 +6,7 @@ import json
 
 from rich.console import Console
 
-from agent.demo import DemoView
+from agent.demo._view import DemoView
 
 ROOT = "edge/demo-node"
 

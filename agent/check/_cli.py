@@ -10,12 +10,12 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.check._checks import DEFAULT_TIMEOUT_S, CheckResult, run_checks
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
@@ -52,11 +52,15 @@ def _check(args: argparse.Namespace) -> int:
         doc = {"ok": not failed, "checks": [r.to_json() for r in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
+        from rich.console import Console  # noqa: PLC0415 - `edge-agent run` never needs rich
+
         render_checks(results, Console(highlight=False, soft_wrap=True))
     return EXIT_ERRORS if failed else EXIT_OK
 
 
 def render_checks(results: list[CheckResult], console: Console) -> None:
+    from rich.text import Text  # noqa: PLC0415
+
     """One line per check; a problem's fix on the line below it; a count at the end."""
     width = max(len(r.name) for r in results)
     for r in results:

@@ -8,7 +8,6 @@ from agent.control._cli import (
     add_status_command,
 )
 from agent.control._client import fetch_status, request
-from agent.control._render import render_status
 from agent.control._server import SOCKET_MODE, ControlServer
 
 __all__ = [
@@ -20,6 +19,5 @@ __all__ = [
     "ControlServer",
     "add_status_command",
     "fetch_status",
-    "render_status",
     "request",
 ]

@@ -12,11 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
 from agent.config import ControlConfig, load_config
 from agent.control._client import fetch_status
-from agent.control._render import render_status
 from agent.errors import AgentNotRunning, ControlError
 
 EXIT_HEALTHY = 0
@@ -61,5 +58,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(snapshot.model_dump(mode="json"), indent=2) + "\n")
     else:
+        # Imported here: the daemon, which imports this module too, never needs rich.
+        from rich.console import Console  # noqa: PLC0415
+
+        from agent.control._render import render_status  # noqa: PLC0415
+
         render_status(snapshot, Console())
     return EXIT_HEALTHY if snapshot.health.healthy else EXIT_UNHEALTHY

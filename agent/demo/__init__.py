@@ -1,7 +1,9 @@
-"""The demo: the whole product on one machine, with a live terminal view."""
+"""The demo: the whole product on one machine, with a live terminal view.
 
-from agent.demo._run import add_demo_command, run_demo
-from agent.demo._setup import prepare
-from agent.demo._view import DemoView
+Only the command is public; `_run` (pump, agent, view), `_setup` (demo key, signed
+layouts) and `_view` load when the demo runs.
+"""
 
-__all__ = ["DemoView", "add_demo_command", "prepare", "run_demo"]
+from agent.demo._command import add_demo_command
+
+__all__ = ["add_demo_command"]

@@ -26,30 +26,14 @@ from agent.runtime._lifecycle import run_until_stopped
 from agent.sim import PumpDevice, PumpModel, SimServer
 
 REPO = Path(__file__).resolve().parent.parent.parent
-DEFAULT_CONFIG = REPO / "config" / "demo.toml"
 FIRST_FAULT_S = 45.0
 """A bearing fault this far into the demo, so an anomaly shows within a minute or two."""
 
 log = logging.getLogger(__name__)
 
 
-def add_demo_command(commands: Any) -> None:
-    demo = commands.add_parser(
-        "demo",
-        help="the whole product on one machine: a simulated pump, the agent, a live view",
-        description="Signs the bundled modules with a demo key (made on first run), starts "
-        "a simulated pump and the embedded broker, runs the agent and shows what reaches "
-        "the broker. Ctrl-C stops it.",
-    )
-    demo.add_argument("--config", type=Path, default=DEFAULT_CONFIG, metavar="demo.toml")
-    demo.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    demo.add_argument(
-        "--plain", action="store_true", help="one line per message instead of the live view"
-    )
-    demo.set_defaults(handler=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace) -> int:
+    """The `edge-agent demo` handler."""
     config = load_config(args.config)
     if args.log_level is None:
         logging.getLogger().setLevel(logging.WARNING)

@@ -17,7 +17,6 @@ from typing import Any
 
 from agent.config import AgentConfig, ModuleConfig
 from agent.errors import ConfigError
-from agent.nn import ModelSet, nn_host_functions
 from agent.runtime._pipeline import Route
 from agent.supply import InstalledModule
 from agent.wasm import Engine, Limits, Preopen, ReactorModule, WasiSpec
@@ -121,8 +120,12 @@ def _granted_wasi(installed: InstalledModule, node: ModuleConfig) -> WasiSpec:
 
 def reactor_factory(engine: Engine, spec: ModuleSpec) -> Callable[[], ReactorModule]:
     """A function that compiles and starts the module; run it on the module's thread."""
-    models = ModelSet.from_files(spec.models) if spec.models else None
-    instance_host = functools.partial(nn_host_functions, models) if models else None
+    instance_host = None
+    if spec.models:
+        # Imported here: NumPy and LiteRT take 28 MB, which nodes without models keep.
+        from agent.nn import ModelSet, nn_host_functions  # noqa: PLC0415
+
+        instance_host = functools.partial(nn_host_functions, ModelSet.from_files(spec.models))
 
     def make() -> ReactorModule:
         compiled = engine.compile(spec.wasm, spec.name)

@@ -23,11 +23,11 @@ from agent.errors import (
     SmokeTestFailed,
     SupplyError,
 )
+from agent.supply._access import Retry
 from agent.supply._fetch import open_repository, pull, trusted_keys
 from agent.supply._keys import PublicKey
 from agent.supply._manifest import version_key
 from agent.supply._oci import parse_reference
-from agent.supply._registry import Retry
 from agent.supply._rollout import RolloutGuard
 from agent.supply._state import DesiredState, ModuleState, StateDB
 from agent.supply._store import ContentStore, InstalledModule

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.config._models import PolicyConfig, SupplyConfig
 from agent.errors import PackageError, RegistryError
+from agent.supply._access import RegistryAccess, Retry
 from agent.supply._keys import PublicKey, load_public_key
 from agent.supply._layout import LayoutRepository
 from agent.supply._manifest import ModuleManifest
 from agent.supply._oci import MODULE_MANIFEST_LAYER, WASM_CONFIG, WASM_LAYER, Manifest, Reference
 from agent.supply._policy import check_policy
-from agent.supply._registry import RegistryAccess, RegistryClient, Retry
 from agent.supply._repo import Repository, check_manifest, read_blob, verified_chunks
 from agent.supply._signatures import sign, verify
 from agent.supply._store import ContentStore, InstalledModule
+
+if TYPE_CHECKING:
+    from agent.supply._registry import RegistryClient
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ def open_repository(ref: Reference, config: SupplyConfig) -> Repository:
 def registry_client(host: str, config: SupplyConfig) -> RegistryClient:
     """A client for registry `host` with the auth and CA `supply.registries` give it
     (anonymous HTTPS for a host it does not list)."""
+    # Imported here: httpx costs 12 MB that a node fed from OCI layouts keeps.
+    from agent.supply._registry import RegistryClient  # noqa: PLC0415
+
     access = RegistryAccess(
         retry=Retry(config.retry_attempts, config.retry_initial_s, config.retry_max_s)
     )

@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
 import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import httpx
 
 from agent.errors import ArtifactNotFound, RegistryError, RegistryUnavailable
+from agent.supply._access import RegistryAccess
 from agent.supply._oci import MANIFEST_ACCEPT, Descriptor, parse_index
 from agent.supply._repo import Fetched
 
@@ -30,32 +28,6 @@ log = logging.getLogger(__name__)
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class Retry:
-    """How often and how patiently to retry a request that failed for network reasons."""
-
-    attempts: int = 4
-    initial_s: float = 0.5
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter, so many nodes do not retry in step."""
-        return random.uniform(0, min(self.max_s, self.initial_s * 2**attempt))
-
-
-@dataclass(frozen=True)
-class RegistryAccess:
-    """How to reach one registry host."""
-
-    insecure: bool = False
-    """Plain HTTP. Only for loopback test registries."""
-    ca: Path | None = None
-    username: str | None = None
-    password: str | None = None
-    retry: Retry = Retry()
-    timeout_s: float = 30.0
 
 
 class _Retryable(Exception):
