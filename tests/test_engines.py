@@ -4,10 +4,12 @@ on every available engine."""
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import random
 import statistics
+import struct
 from typing import Any
 
 import pytest
@@ -15,7 +17,16 @@ import wasmtime
 
 from agent import errors
 from agent.reading import Reading, Series, Value
-from agent.wasm import Engine, Limits, Message, ReactorModule, WasiSpec, create_engine, run_command
+from agent.wasm import (
+    Engine,
+    Limits,
+    Message,
+    ReactorModule,
+    WasiSpec,
+    create_engine,
+    encode_reading,
+    run_command,
+)
 
 from .conftest import module_bytes
 
@@ -256,3 +267,29 @@ def test_closed_wasmtime_instances_release_their_host_functions() -> None:
     gc.collect()
     assert len(_wasmtime._HOST_FUNCTIONS) == before
     eng.close()
+
+
+def test_reading_layout_aligns_each_series_to_eight_bytes() -> None:
+    reading = Reading(
+        "d",
+        1.5,
+        7,
+        {"t": Value(20.5, "degC"), "on": Value(True)},
+        {"a": Series.pack("i16", [1, -2, 3]), "b": Series.pack("f64", [0.5], unit="g")},
+    )
+    doc, blob = encode_reading(reading)
+    assert json.loads(doc) == {
+        "device": "d",
+        "ts": 1.5,
+        "seq": 7,
+        "values": {
+            "t": {"value": 20.5, "unit": "degC", "quality": "good"},
+            "on": {"value": True, "quality": "good"},
+        },
+        "series": {
+            "a": {"offset": 0, "count": 3, "type": "i16", "quality": "good"},
+            "b": {"offset": 8, "count": 1, "type": "f64", "unit": "g", "quality": "good"},
+        },
+    }
+    assert blob == struct.pack("<3h", 1, -2, 3) + b"\0\0" + struct.pack("<d", 0.5)
+    assert encode_reading(Reading("d", 1.0, 1))[1] == b""

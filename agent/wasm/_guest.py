@@ -78,29 +78,47 @@ def topic_allowed(topic: str, patterns: Iterable[str]) -> bool:
 
 
 def encode_reading(reading: Reading) -> tuple[bytes, bytes]:
-    """The reading document and its binary buffer, as `edge_on_reading` takes them."""
-    values = {
-        name: _compact({"value": v.value, "unit": v.unit, "quality": v.quality})
-        for name, v in reading.values.items()
+    """The reading document and its binary buffer, as `edge_on_reading` takes them.
+
+    Called for every reading of every module: built without intermediate dicts, and a
+    single series (the common waveform case) travels without a copy.
+    """
+    values = {}
+    for name, v in reading.values.items():
+        entry: dict[str, Any] = {"value": v.value}
+        if v.unit is not None:
+            entry["unit"] = v.unit
+        entry["quality"] = v.quality
+        values[name] = entry
+    doc: dict[str, Any] = {
+        "device": reading.device,
+        "ts": reading.ts,
+        "seq": reading.seq,
+        "values": values,
     }
+    if not reading.series:
+        return _encode_json(doc).encode(), b""
     series: dict[str, Any] = {}
-    blob = bytearray()
+    parts: list[bytes] = []
+    size = 0
     for name, s in reading.series.items():
-        blob.extend(b"\0" * (-len(blob) % 8))
-        series[name] = _compact(
-            {
-                "offset": len(blob),
-                "count": s.count,
-                "type": s.dtype,
-                "unit": s.unit,
-                "quality": s.quality,
-            }
-        )
-        blob.extend(s.data)
-    doc = {"device": reading.device, "ts": reading.ts, "seq": reading.seq, "values": values}
-    if series:
-        doc["series"] = series
-    return json.dumps(doc, separators=(",", ":")).encode(), bytes(blob)
+        pad = -size % 8
+        if pad:
+            parts.append(b"\0" * pad)
+            size += pad
+        entry = {"offset": size, "count": s.count, "type": s.dtype}
+        if s.unit is not None:
+            entry["unit"] = s.unit
+        entry["quality"] = s.quality
+        series[name] = entry
+        parts.append(s.data)
+        size += len(s.data)
+    doc["series"] = series
+    blob = parts[0] if len(parts) == 1 else b"".join(parts)
+    return _encode_json(doc).encode(), blob
+
+
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def encode_reading_line(reading: Reading) -> bytes:
