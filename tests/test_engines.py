@@ -293,3 +293,25 @@ def test_reading_layout_aligns_each_series_to_eight_bytes() -> None:
     }
     assert blob == struct.pack("<3h", 1, -2, 3) + b"\0\0" + struct.pack("<d", 0.5)
     assert encode_reading(Reading("d", 1.0, 1))[1] == b""
+
+
+def test_wasmtime_refuses_to_call_an_export_that_is_not_i32_only() -> None:
+    """The raw call path trusts the signature it checked once per compiled module."""
+    eng = create_engine("wasmtime")
+    compiled = eng.compile(
+        wat(
+            '(module (memory (export "memory") 1)'
+            ' (func (export "wide") (param i64) (result i64) local.get 0)'
+            ' (func (export "narrow") (param i32) (result i32) local.get 0))'
+        ),
+        "m",
+    )
+    instance = compiled.instantiate((), WasiSpec(), Limits())
+    try:
+        assert instance.call("narrow", 7) == 7
+        for _ in range(2):  # refused again from the cached check
+            with pytest.raises(errors.InvalidModule, match=r"'wide' has type .* i32 only"):
+                instance.call("wide", 1)
+    finally:
+        instance.close()
+        eng.close()

@@ -106,20 +106,15 @@ class _Export:
     """An exported i32-only function, called through wasmtime's unchecked entry point.
 
     `Func.__call__` converts every value through `Val` and costs about 25 us; with the
-    signature checked once here, a raw call costs a few.
+    signature checked once per compiled module (`_signature`), a raw call costs a few.
     """
 
-    def __init__(self, module: str, name: str, func: wasmtime.Func, store: wasmtime.Store) -> None:
-        ftype = func.type(store)
-        if any(t != _I32 for t in (*ftype.params, *ftype.results)) or len(ftype.results) > 1:
-            raise errors.InvalidModule(
-                module,
-                f"export {name!r} has type {ftype.params} -> {ftype.results}; "
-                "the ABI passes i32 only",
-            )
+    def __init__(
+        self, module: str, name: str, func: wasmtime.Func, nparams: int, result: bool
+    ) -> None:
         self._func = func._func
-        self._nparams = len(ftype.params)
-        self._has_result = bool(ftype.results)
+        self._nparams = nparams
+        self._has_result = result
         self._raw = (wt_ffi.wasmtime_val_raw_t * max(self._nparams, 1))()
         self._name = name
         self._module = module
@@ -185,7 +180,9 @@ class _Instance:
             func = self._exports.get(function)
             if not isinstance(func, wasmtime.Func):
                 raise errors.InvalidModule(self._module.name, f"exports no function {function!r}")
-            export = self._funcs[function] = _Export(self._module.name, function, func, self._store)
+            nparams, result = self._module.signature(function)
+            export = _Export(self._module.name, function, func, nparams, result)
+            self._funcs[function] = export
         context = self._context
         if self._limits.fuel is not None:
             wt_ffi.wasmtime_context_set_fuel(context, self._limits.fuel)
@@ -212,9 +209,26 @@ class WasmtimeModule:
         self._module: wasmtime.Module | None = module
         self._name = name
         imports = frozenset((imp.module, imp.name or "") for imp in module.imports)
-        funcs = frozenset(e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType))
-        mems = frozenset(e.name for e in module.exports if isinstance(e.type, wasmtime.MemoryType))
-        self._info = ModuleInfo(imports, funcs, mems)
+        exports = [(e.name, e.type) for e in module.exports]
+        self._types = {n: t for n, t in exports if isinstance(t, wasmtime.FuncType)}
+        mems = frozenset(n for n, t in exports if isinstance(t, wasmtime.MemoryType))
+        self._info = ModuleInfo(imports, frozenset(self._types), mems)
+        self._signatures: dict[str, tuple[int, bool]] = {}
+
+    def signature(self, function: str) -> tuple[int, bool]:
+        """(parameter count, has a result) of an export, checked once: i32 only."""
+        known = self._signatures.get(function)
+        if known is not None:
+            return known
+        ftype = self._types[function]
+        params, results = list(ftype.params), list(ftype.results)
+        if any(t != _I32 for t in (*params, *results)) or len(results) > 1:
+            raise errors.InvalidModule(
+                self._name,
+                f"export {function!r} has type {params} -> {results}; the ABI passes i32 only",
+            )
+        signature = self._signatures[function] = (len(params), bool(results))
+        return signature
 
     @property
     def name(self) -> str:
