@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agent.config._models import SupplyConfig
 from agent.errors import SignatureError
 from agent.supply import (
+    PublicKey,
+    Reference,
     encrypt_private_key,
     generate_key,
     load_private_key,
@@ -43,16 +45,21 @@ async def prepare(keys: Path, layouts: Mapping[str, Path], modules: Path) -> Non
         # demo finds them already active instead of refusing a same-version swap.
         packaged = await package(modules / name, layout, created=0.0)
         ref = parse_reference(f"oci:{packaged.layout}:{packaged.tag}")
-        repo = open_repository(ref, SupplyConfig())
-        try:
-            await verify_all(repo, ref, trusted)
-            continue
-        except SignatureError:
-            pass
-        finally:
-            await repo.aclose()
-        await sign_reference(ref, private, SupplyConfig())
-        log.info("demo module %s signed: %s", name, packaged.digest)
+        if not await _signed(ref, trusted):
+            await sign_reference(ref, private, SupplyConfig())
+            log.info("demo module %s signed: %s", name, packaged.digest)
+
+
+async def _signed(ref: Reference, trusted: list[PublicKey]) -> bool:
+    """Whether a trusted key signed `ref` already: re-signing would pile up signatures."""
+    repo = open_repository(ref, SupplyConfig())
+    try:
+        await verify_all(repo, ref, trusted)
+    except SignatureError:
+        return False
+    finally:
+        await repo.aclose()
+    return True
 
 
 def _demo_key(keys: Path) -> ec.EllipticCurvePrivateKey:
