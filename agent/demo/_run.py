@@ -11,12 +11,12 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 
 from agent.config import AgentConfig, load_config
+from agent.config._models import DeviceConfig
 from agent.demo._setup import prepare
 from agent.demo._view import DemoView
 from agent.errors import ConfigError
@@ -82,7 +82,7 @@ async def _show(config: AgentConfig, view: DemoView, plain: bool) -> None:
             live.update(view.render())
 
 
-def _pump_device(config: AgentConfig) -> Any:
+def _pump_device(config: AgentConfig) -> DeviceConfig:
     pumps = [d for d in config.devices if d.transport == "tcp"]
     if len(pumps) != 1 or pumps[0].host not in ("127.0.0.1", "localhost"):
         raise ConfigError("the demo config needs exactly one tcp device on loopback: the pump")

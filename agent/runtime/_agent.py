@@ -14,14 +14,23 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
 from agent.config import AgentConfig, ModuleConfig
 from agent.control import ControlServer
-from agent.errors import AgentError, ConfigError, ModuleError
+from agent.errors import (
+    AgentError,
+    ConfigError,
+    FuelExhausted,
+    MemoryLimitExceeded,
+    ModuleError,
+    ModuleExit,
+    ModuleTimeout,
+    ModuleTrap,
+)
 from agent.metrics import MetricsServer
 from agent.modbus import DevicePool
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
@@ -46,20 +55,13 @@ from agent.status import (
 )
 from agent.supply import InstalledModule, Supply
 from agent.systemd import Notifier
-from agent.wasm import Engine, create_engine
+from agent.wasm import Engine, ReactorModule, create_engine
 
 log = logging.getLogger(__name__)
 
 _STARTUP_DEPLOY_S = 30.0
 
-_ROLLOUT_FAULTS = (
-    "ModuleTrap",
-    "StackExhausted",
-    "ModuleTimeout",
-    "FuelExhausted",
-    "MemoryLimitExceeded",
-    "ModuleExit",
-)
+_ROLLOUT_FAULTS = (ModuleTrap, ModuleTimeout, FuelExhausted, MemoryLimitExceeded, ModuleExit)
 """What counts against a new version's rollout budget: it crashed or hung. A module's
 own error code or a refused emit is a clean refusal, counted in status only."""
 
@@ -89,6 +91,10 @@ class Agent:
         self._devices: DevicePool | None = None
         self._models: dict[str, ModelStatus] = {}
         self._failed: dict[str, tuple[ModuleSpec, str]] = {}
+        self._unsigned: set[str] = set()
+        """Local `path` modules: no supply version, so no rollout guard."""
+        self._staged: dict[str, tuple[ModuleSpec, Callable[[], ReactorModule]]] = {}
+        """By digest: a version's spec and factory, built once for smoke test and activation."""
 
     @property
     def topic_root(self) -> str:
@@ -221,6 +227,7 @@ class Agent:
                     "give it as `ref` (a signed package), or set "
                     "supply.allow_unsigned_paths = true for development"
                 )
+            self._unsigned.add(module.name)
             await self._start(spec_from_path(config, module))
         first_installs = []
         for module in config.modules:
@@ -246,9 +253,12 @@ class Agent:
                 installed.name,
             )
 
-    async def _start(self, spec: ModuleSpec) -> None:
+    async def _start(
+        self, spec: ModuleSpec, make: Callable[[], ReactorModule] | None = None
+    ) -> None:
         try:
-            make = reactor_factory(self._engine_or_fail(), spec)
+            if make is None:
+                make = reactor_factory(self._engine_or_fail(), spec)
             host = await ModuleHost.start(
                 spec.name, make, version=spec.version, digest=spec.digest
             )
@@ -261,13 +271,24 @@ class Agent:
         self.pipeline.add(host, spec.route)
         self._note_models(spec)
 
-    def _spec(self, installed: InstalledModule) -> ModuleSpec:
-        node = next((m for m in self.config.modules if m.name == installed.name), None)
-        return spec_from_installed(self.config, installed, node)
+    def _prepared(
+        self, installed: InstalledModule
+    ) -> tuple[ModuleSpec, Callable[[], ReactorModule]]:
+        """The version's spec and factory: its wasm and models are read and checked once
+        for the smoke test, and the activation that follows reuses them."""
+        staged = self._staged.get(installed.digest)
+        if staged is None:
+            node = next((m for m in self.config.modules if m.name == installed.name), None)
+            spec = spec_from_installed(self.config, installed, node)
+            staged = self._staged[installed.digest] = (
+                spec,
+                reactor_factory(self._engine_or_fail(), spec),
+            )
+        return staged
 
     async def _smoke_test(self, installed: InstalledModule) -> None:
         """The staged version starts and takes its manifest's test readings, off-loop."""
-        make = reactor_factory(self._engine_or_fail(), self._spec(installed))
+        _, make = self._prepared(installed)
         readings = installed.manifest.readings()
 
         def run() -> None:
@@ -278,15 +299,19 @@ class Agent:
             finally:
                 module.close()
 
-        await asyncio.to_thread(run)
+        try:
+            await asyncio.to_thread(run)
+        except BaseException:
+            del self._staged[installed.digest]  # refused: it will not be activated
+            raise
 
     async def _activate(self, installed: InstalledModule) -> None:
-        spec = self._spec(installed)
+        spec, make = self._prepared(installed)
+        del self._staged[installed.digest]
         host = self.pipeline.host(installed.name)
         if host is None:
-            await self._start(spec)
+            await self._start(spec, make)
             return
-        make = reactor_factory(self._engine_or_fail(), spec)
         await host.replace(make, version=spec.version, digest=spec.digest)
         self._note_models(spec)
 
@@ -296,9 +321,9 @@ class Agent:
         self._spawn(self.pipeline.remove(name), f"remove {name}")
 
     async def _outcome(self, host: ModuleHost, err: ModuleError | None) -> None:
-        if self._supply is None or host.version == "local":
+        if self._supply is None or host.name in self._unsigned:
             return
-        fault = err is not None and type(err).__name__ in _ROLLOUT_FAULTS
+        fault = isinstance(err, _ROLLOUT_FAULTS)
         await self._supply.record(host.name, host.digest, not fault, str(err) if fault else "")
 
     def _note_models(self, spec: ModuleSpec) -> None:

@@ -36,7 +36,6 @@ class ModuleSpec:
     emit: tuple[str, ...]
     route: Route
     models: Mapping[str, Path]
-    signed: bool
 
 
 def spec_from_path(config: AgentConfig, module: ModuleConfig) -> ModuleSpec:
@@ -57,7 +56,6 @@ def spec_from_path(config: AgentConfig, module: ModuleConfig) -> ModuleSpec:
         emit=module.emit,
         route=Route(devices=frozenset(module.devices), after=module.after),
         models=module.models,
-        signed=False,
     )
 
 
@@ -91,7 +89,6 @@ def spec_from_installed(
         emit=manifest.capabilities.emit,
         route=Route(devices=devices, after=after),
         models=installed.models,
-        signed=True,
     )
 
 

@@ -123,10 +123,6 @@ class Pipeline:
     def stats(self) -> list[ModuleStats]:
         return [stage.host.stats() for stage in self._stages.values()]
 
-    def backlog(self) -> dict[str, int]:
-        """Readings waiting per module: a lasting backlog means a module is too slow."""
-        return {name: stage.queue.qsize() for name, stage in self._stages.items()}
-
     async def on_reading(self, reading: Reading) -> None:
         """Take one device reading: publish it raw if configured, queue it for modules."""
         if self._raw:
