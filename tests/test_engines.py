@@ -315,3 +315,49 @@ def test_wasmtime_refuses_to_call_an_export_that_is_not_i32_only() -> None:
     finally:
         instance.close()
         eng.close()
+
+
+def test_calls_pass_i32_values_unsigned_and_check_their_count(engine: Engine) -> None:
+    """Both call paths pack arguments in bulk: the high bit and the count must survive."""
+    compiled = engine.compile(
+        wat(
+            '(module (memory (export "memory") 1)'
+            ' (func (export "second") (param i32 i32) (result i32) local.get 1))'
+        ),
+        "m",
+    )
+    instance = compiled.instantiate((), WasiSpec(), Limits())
+    try:
+        for value in (0, 7, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF):
+            assert instance.call("second", 1, value) == value
+        assert instance.call("second", 1, -1) == 0xFFFFFFFF
+        with pytest.raises(errors.ModuleError, match="takes 2 arguments, given 1"):
+            instance.call("second", 1)
+    finally:
+        instance.close()
+
+
+def test_numbers_survive_the_guest_reader_and_writer_bit_for_bit(engine: Engine) -> None:
+    """`scale` with an identity channel parses each value and writes it back: every
+    double must come out as Python wrote it. This covers the SDK's three readers
+    (Clinger's fast path, Eisel-Lemire and the strtod fallback) and its writer."""
+    rng = random.Random(5)
+    numbers = [
+        9007199254740993.0,  # 2^53 + 1 rounds to even: a halfway case
+        0.1,
+        1e23,
+        5e-324,
+        1.7976931348623157e308,
+        2.2250738585072014e-308,
+        123456.789,
+    ]
+    numbers += [rng.uniform(-1000, 1000) for _ in range(150)]
+    numbers += [rng.gauss(0, 1) * 10.0 ** rng.randint(-30, 30) for _ in range(150)]
+    numbers += [
+        struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0] for _ in range(100)
+    ]
+    numbers = [x for x in numbers if math.isfinite(x)]
+    readings = [Reading("d", 1.0, i, {"x": Value(x)}) for i, x in enumerate(numbers)]
+    messages = run(engine, "scale", {"channels": {"x": {"scale": 1}}}, readings)
+    got = [json.loads(m.payload)["values"]["x"]["value"] for m in messages]
+    assert [repr(float(g)) for g in got] == [repr(x) for x in numbers]

@@ -69,6 +69,28 @@ def _u32(memory: GuestMemory, ptr: int, value: int) -> None:
     memory.write(ptr, struct.pack("<I", value))
 
 
+_TENSOR = struct.Struct("<5I")
+
+
+def _mismatch(
+    memory: GuestMemory, spec: TensorSpec, dims_ptr: int, rank: int, rtype: int, data_len: int
+) -> _Refused:
+    """Why a tensor does not fit the model's input, the first difference in the
+    upstream backend's order; only worked out once the fast comparison failed."""
+    if rtype not in (TensorType.F16, TensorType.F32, TensorType.U8, TensorType.I32):
+        return _Refused(ErrNo.INVALID_ARGUMENT, f"tensor type {rtype}; F16, F32, U8 or I32")
+    if data_len != spec.nbytes:
+        return _Refused(ErrNo.INVALID_ARGUMENT, f"{data_len} bytes; the input has {spec.nbytes}")
+    if rank != len(spec.dims):
+        return _Refused(ErrNo.INVALID_ARGUMENT, f"rank {rank}; the input has {len(spec.dims)}")
+    dims = struct.unpack(f"<{rank}I", memory.read(dims_ptr, 4 * rank))
+    if dims != spec.dims:
+        return _Refused(
+            ErrNo.INVALID_ARGUMENT, f"dims {list(dims)}; the input has {list(spec.dims)}"
+        )
+    return _Refused(ErrNo.INVALID_ARGUMENT, f"type {rtype}; the input is {spec.type!r}")
+
+
 class _Session:
     """The graphs and contexts of one instance, numbered as the guest sees them."""
 
@@ -178,25 +200,16 @@ class _Session:
 
     @_answer
     def set_input(self, memory: GuestMemory, context: int, index: int, tensor_ptr: int) -> None:
-        dims_ptr, rank, rtype, data_ptr, data_len = struct.unpack(
-            "<5I", memory.read(tensor_ptr, TENSOR_BYTES)
+        dims_ptr, rank, rtype, data_ptr, data_len = _TENSOR.unpack(
+            memory.read(tensor_ptr, TENSOR_BYTES)
         )
-        if rtype not in (TensorType.F16, TensorType.F32, TensorType.U8, TensorType.I32):
-            raise _Refused(ErrNo.INVALID_ARGUMENT, f"tensor type {rtype}; F16, F32, U8 or I32")
         execution = self._context(context)
         spec = self._tensor(execution.model.inputs, index, "input")
-        if data_len != spec.nbytes:
-            raise _Refused(ErrNo.INVALID_ARGUMENT, f"{data_len} bytes; the input has {spec.nbytes}")
-        if rank != len(spec.dims):
-            raise _Refused(ErrNo.INVALID_ARGUMENT, f"rank {rank}; the input has {len(spec.dims)}")
-        dims = struct.unpack(f"<{rank}I", memory.read(dims_ptr, 4 * rank))
-        if dims != spec.dims:
-            raise _Refused(
-                ErrNo.INVALID_ARGUMENT, f"dims {list(dims)}; the input has {list(spec.dims)}"
-            )
-        if rtype != spec.type:
-            raise _Refused(ErrNo.INVALID_ARGUMENT, f"type {rtype}; the input is {spec.type!r}")
-        execution.set_input(spec, memory.read(data_ptr, data_len))
+        if (rtype, data_len, rank) != (spec.type, spec.nbytes, len(spec.dims)) or memory.read(
+            dims_ptr, 4 * rank
+        ) != spec.dims_bytes:
+            raise _mismatch(memory, spec, dims_ptr, rank, rtype, data_len)
+        execution.set_input(index, memory.address(data_ptr, data_len))
 
     @_answer
     def compute(self, memory: GuestMemory, context: int) -> None:
@@ -215,14 +228,14 @@ class _Session:
         out_max: int,
         written_out: int,
     ) -> None:
-        memory.read(out_ptr, out_max)
-        memory.read(written_out, 4)
+        target = memory.address(out_ptr, out_max)
+        memory.address(written_out, 4)
         execution = self._context(context)
         spec = self._tensor(execution.model.outputs, index, "output")
         _u32(memory, written_out, spec.nbytes)  # as upstream: the guest learns the size
         if out_max < spec.nbytes:
             raise _Refused(ErrNo.TOO_LARGE, f"output of {spec.nbytes} bytes; buffer of {out_max}")
-        memory.write(out_ptr, execution.output(spec))
+        execution.output_into(index, target)
 
     @_answer
     def unload(self, memory: GuestMemory, graph: int) -> None:

@@ -20,7 +20,12 @@ class GuestMemory(Protocol):
     """A module instance's linear memory, seen from the host."""
 
     def read(self, ptr: int, length: int) -> bytes:
-        """Copy `length` bytes at `ptr`; raises `EmitRejected`-style errors upstream."""
+        """Copy `length` bytes at `ptr`; IndexError when the range is outside memory."""
+        ...
+
+    def address(self, ptr: int, length: int) -> int:
+        """The host address of a guest range, for copies without an intermediate
+        `bytes`; valid only until guest code runs again (it may grow the memory)."""
         ...
 
     def write(self, ptr: int, data: bytes) -> None: ...

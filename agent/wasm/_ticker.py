@@ -3,7 +3,8 @@
 Both engines enforce deadlines from a helper thread: wasmtime by advancing the epoch,
 WasmEdge by stopping a VM whose call overran. An idle gateway should not wake up
 hundreds of times a second for that, so the thread sleeps while no call runs; `enter`
-and `leave` wrap every call and cost well under a microsecond (a plain lock).
+and `leave` wrap every call and cost a plain lock each: the thread is woken only when
+it is idle, not on every call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class Ticker:
         self.interval_s = interval_s
         self._on_tick = on_tick
         self._active = 0
+        self._idle = False
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -25,18 +27,24 @@ class Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._closed:
-            if self._active:
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                self._idle = not self._active
+                if self._idle:
+                    self._wake.clear()
+            if self._idle:
+                self._wake.wait()
+            else:
                 self._on_tick()
                 time.sleep(self.interval_s)
-            else:
-                self._wake.wait()
-                self._wake.clear()
 
     def enter(self) -> None:
         with self._lock:
             self._active += 1
-            if self._active == 1:
+            if self._idle:
+                self._idle = False
                 self._wake.set()
 
     def leave(self) -> None:
@@ -44,6 +52,7 @@ class Ticker:
             self._active -= 1
 
     def close(self) -> None:
-        self._closed = True
-        self._wake.set()
+        with self._lock:  # under the lock: `_run` must not clear this wake-up
+            self._closed = True
+            self._wake.set()
         self._thread.join()

@@ -13,12 +13,12 @@ import hashlib
 import itertools
 import logging
 import os
+import struct
 import tempfile
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import wasmtime
 from wasmtime import _ffi as wt_ffi  # pinned (<51): the unchecked call path
@@ -34,6 +34,7 @@ from agent.wasm._api import (
     WasiSpec,
 )
 from agent.wasm._cache import CompileCache, cache_key
+from agent.wasm._memory import CachedMemory
 from agent.wasm._stackguard import GUARD_VERSION, guarded
 from agent.wasm._ticker import Ticker
 
@@ -46,43 +47,40 @@ _UNLIMITED_FUEL = 2**62
 _I32 = wasmtime.ValType.i32()
 
 
-class _Memory:
-    """Bounds-checked access to an instance's memory, valid inside and outside calls.
+# Our own prototypes of two functions wasmtime-py also declares: with plain integer
+# arguments and results they skip the pointer objects its declarations build per call.
+_memory_data = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)(
+    ("wasmtime_memory_data", wt_ffi.dll)
+)
+_memory_size = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p)(
+    ("wasmtime_memory_data_size", wt_ffi.dll)
+)
+_func_call_unchecked = ctypes.CFUNCTYPE(
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_void_p,
+)(("wasmtime_func_call_unchecked", wt_ffi.dll))
+_set_epoch_deadline = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64)(
+    ("wasmtime_context_set_epoch_deadline", wt_ffi.dll)
+)
+_RESULT = struct.Struct("<I")
 
-    The base address and size are looked up once and kept until guest code runs
-    again (only guest code can grow, and so move, the memory): the instance calls
-    `changed()` after every call and every host function on entry. Looking them up
-    on each access cost more than the accesses themselves.
-    """
+
+class _Memory(CachedMemory):
+    """An instance's exported memory, valid inside and outside calls."""
 
     def __init__(self, store: wasmtime.Store, memory: wasmtime.Memory) -> None:
-        self._store = store  # keeps the context below alive
-        self._context = store._context()
-        self._memory = ctypes.byref(memory._memory)
-        self._view: tuple[int, int] | None = None  # (base address, size)
+        super().__init__()
+        self._keep = (store, memory)  # what the two addresses below point into
+        self._context = ctypes.cast(store._context(), ctypes.c_void_p).value
+        self._memory = ctypes.addressof(memory._memory)
 
-    def changed(self) -> None:
-        self._view = None
-
-    def _span(self, ptr: int, length: int) -> int:
-        view = self._view
-        if view is None:
-            size = wt_ffi.wasmtime_memory_data_size(self._context, self._memory)
-            data = wt_ffi.wasmtime_memory_data(self._context, self._memory)
-            view = self._view = (ctypes.addressof(data.contents), size)
-        base, size = view
-        if ptr < 0 or length < 0 or ptr + length > size:
-            raise IndexError(f"range {ptr}+{length} is outside the module's {size} bytes")
-        return base + ptr
-
-    def read(self, ptr: int, length: int) -> bytes:
-        return ctypes.string_at(self._span(ptr, length), length)
-
-    def write(self, ptr: int, data: bytes) -> None:
-        ctypes.memmove(self._span(ptr, len(data)), data, len(data))
-
-    def pages(self) -> int:
-        return int(wt_ffi.wasmtime_memory_data_size(self._context, self._memory)) // PAGE_SIZE
+    def _locate(self) -> tuple[int, int]:
+        size = _memory_size(self._context, self._memory)
+        return (_memory_data(self._context, self._memory) or 0), size
 
 
 def _classify(name: str, err: Exception, deadline_ms: int | None) -> errors.ModuleError:
@@ -106,42 +104,50 @@ class _Export:
     """An exported i32-only function, called through wasmtime's unchecked entry point.
 
     `Func.__call__` converts every value through `Val` and costs about 25 us; with the
-    signature checked once per compiled module (`_signature`), a raw call costs a few.
+    signature checked once per compiled module (`_signature`) and the argument array,
+    trap slot and addresses made once here, a call costs a few.
     """
 
     def __init__(
         self, module: str, name: str, func: wasmtime.Func, nparams: int, result: bool
     ) -> None:
-        self._func = func._func
+        self._keep = func
+        self._func = ctypes.addressof(func._func)
         self._nparams = nparams
         self._has_result = result
-        self._raw = (wt_ffi.wasmtime_val_raw_t * max(self._nparams, 1))()
+        self._layout = struct.Struct("<" + "I12x" * nparams)
+        self._raw = ctypes.create_string_buffer(16 * max(nparams, 1))
+        self._raw_at = ctypes.addressof(self._raw)
+        self._trap = ctypes.c_void_p()
+        self._trap_at = ctypes.addressof(self._trap)
         self._name = name
         self._module = module
 
-    def call(self, context: Any, args: tuple[int, ...]) -> int | None:
+    def call(self, context: int, args: tuple[int, ...]) -> int | None:
         if len(args) != self._nparams:
             raise errors.ModuleError(
                 self._module, f"{self._name} takes {self._nparams} arguments, given {len(args)}"
             )
-        raw = self._raw
-        for i, arg in enumerate(args):
-            raw[i].i32 = arg - (1 << 32) if arg >= 1 << 31 else arg
-        trap = ctypes.POINTER(wt_ffi.wasm_trap_t)()
-        error = wt_ffi.wasmtime_func_call_unchecked(
-            context, ctypes.byref(self._func), raw, len(raw), ctypes.byref(trap)
+        self._layout.pack_into(self._raw, 0, *[arg & 0xFFFFFFFF for arg in args])
+        self._trap.value = None
+        error = _func_call_unchecked(
+            context, self._func, self._raw_at, self._nparams or 1, self._trap_at
         )
-        if trap:
-            trap_obj = wasmtime.Trap._from_ptr(trap)
+        if self._trap.value:
+            trap_obj = wasmtime.Trap._from_ptr(
+                ctypes.cast(self._trap.value, ctypes.POINTER(wt_ffi.wasm_trap_t))
+            )
             _raise_host_error()  # a host function's own exception comes first
             maybe_raise_last_exn()
             raise trap_obj
         if error:
-            error_obj = wasmtime.WasmtimeError._from_ptr(error)
+            error_obj = wasmtime.WasmtimeError._from_ptr(
+                ctypes.cast(error, ctypes.POINTER(wt_ffi.wasmtime_error_t))
+            )
             _raise_host_error()
             maybe_raise_last_exn()
             raise error_obj
-        return raw[0].i32 & 0xFFFFFFFF if self._has_result else None
+        return _RESULT.unpack_from(self._raw)[0] if self._has_result else None
 
 
 class _Instance:
@@ -164,6 +170,7 @@ class _Instance:
             raise errors.InvalidModule(module.name, "exports no memory named 'memory'")
         self._memory = _Memory(store, memory)
         self._context = store._context()
+        self._context_at: int = ctypes.cast(self._context, ctypes.c_void_p).value or 0
         deadline = limits.deadline_ms
         self._deadline_ticks = 2**62 if deadline is None else int(deadline / 1000 / _TICK_S) + 2
         store.set_fuel(_UNLIMITED_FUEL)
@@ -183,13 +190,12 @@ class _Instance:
             nparams, result = self._module.signature(function)
             export = _Export(self._module.name, function, func, nparams, result)
             self._funcs[function] = export
-        context = self._context
         if self._limits.fuel is not None:
-            wt_ffi.wasmtime_context_set_fuel(context, self._limits.fuel)
-        wt_ffi.wasmtime_context_set_epoch_deadline(context, self._deadline_ticks)
+            wt_ffi.wasmtime_context_set_fuel(self._context, self._limits.fuel)
+        _set_epoch_deadline(self._context_at, self._deadline_ticks)
         self._ticker.enter()
         try:
-            return export.call(context, args)
+            return export.call(self._context_at, args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as err:
             raise _classify(self._module.name, err, self._limits.deadline_ms) from err
         finally:
@@ -292,7 +298,7 @@ def _no_memory() -> _Memory | None:
     return None
 
 
-_HOST_FUNCTIONS: dict[int, tuple[HostFunction, _Binding]] = {}
+_HOST_FUNCTIONS: dict[int, tuple[HostFunction, _Binding, struct.Struct]] = {}
 _host_ids = itertools.count(1)
 _host_error = threading.local()  # module threads call concurrently
 
@@ -304,36 +310,46 @@ def _define(linker: wasmtime.Linker, fn: HostFunction, binding: _Binding) -> Non
     memory up by name on each call: about half of a reading's cost with `edge.emit`.
     """
     key = next(_host_ids)
-    _HOST_FUNCTIONS[key] = (fn, binding)
+    # The i32 parameters, unsigned, in an array of 16-byte `wasmtime_val_raw_t`.
+    _HOST_FUNCTIONS[key] = (fn, binding, struct.Struct("<" + "I12x" * fn.params))
     ftype = wasmtime.FuncType([_I32] * fn.params, [_I32] if fn.returns_value else [])
     module, name = fn.module.encode(), fn.name.encode()
     error = wt_ffi.wasmtime_linker_define_func_unchecked(
-        linker.ptr(), module, len(module), name, len(name), ftype.ptr(), _trampoline, key, _forget
+        linker.ptr(), module, len(module), name, len(name), ftype.ptr(), _TRAMPOLINE, key, _forget
     )
     if error:
         del _HOST_FUNCTIONS[key]
         raise wasmtime.WasmtimeError._from_ptr(error)
 
 
-@wt_ffi.wasmtime_func_unchecked_callback_t  # type: ignore[untyped-decorator]
-def _trampoline(env: int | None, _caller: Any, values: Any, _count: int) -> int:
+_HostCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)
+
+
+@_HostCallback  # type: ignore[untyped-decorator]
+def _trampoline(env: int | None, _caller: int | None, values: int, _count: int) -> int:
+    # Plain integers in, one read of all arguments: ctypes pointer and union objects
+    # per argument cost more than a small host function's whole body.
     try:
-        fn, binding = _HOST_FUNCTIONS[env or 0]
+        fn, binding, layout = _HOST_FUNCTIONS[env or 0]
         memory = binding.memory()
         if memory is None:
             raise errors.InvalidModule(
                 binding.module, f"called {fn.module}.{fn.name} before instantiation finished"
             )
         memory.changed()
-        result = fn.func(memory, *[values[i].i32 & 0xFFFFFFFF for i in range(fn.params)])
+        result = fn.func(memory, *layout.unpack(ctypes.string_at(values, layout.size)))
     except BaseException as err:
         _host_error.value = err
         trap = wasmtime.Trap("host function raised")._consume()
         return ctypes.cast(trap, ctypes.c_void_p).value or 0
     if fn.returns_value:
-        result = int(result or 0)
-        values[0].i32 = result - (1 << 32) if result >= 1 << 31 else result
+        ctypes.memmove(values, _RESULT.pack(int(result or 0) & 0xFFFFFFFF), 4)
     return 0
+
+
+_TRAMPOLINE = ctypes.cast(_trampoline, wt_ffi.wasmtime_func_unchecked_callback_t)
 
 
 @ctypes.CFUNCTYPE(None, ctypes.c_void_p)  # type: ignore[untyped-decorator]
@@ -399,11 +415,13 @@ class WasmtimeEngine:
     def compile(self, wasm: bytes, name: str) -> CompiledModule:
         digest = hashlib.sha256(wasm).hexdigest()
         key = cache_key(digest, "wasmtime", self.version, self._settings, GUARD_VERSION)
-        if self._cache is not None:
-            artifact = self._cache.get(key)
-            if artifact is not None:
-                module = wasmtime.Module.deserialize(self.wasmtime_engine, artifact)
+        path = self._cache.verified_path(key) if self._cache is not None else None
+        if path is not None:
+            try:
+                module = wasmtime.Module.deserialize_file(self.wasmtime_engine, str(path))
                 return WasmtimeModule(self, module, name)
+            except wasmtime.WasmtimeError as err:
+                log.warning("compiled cache entry %s is unusable (%s); recompiling", path, err)
         try:
             module = wasmtime.Module(self.wasmtime_engine, guarded(wasm, name))
         except wasmtime.WasmtimeError as err:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import struct
 import threading
 from collections.abc import Callable
-from typing import Any
 
+from agent.wasm._api import PAGE_SIZE
+from agent.wasm._memory import CachedMemory
 from agent.wasm.wasmedge import _ffi
 
 HOST_FAILED = _ffi.USER_ERROR | 1
@@ -31,39 +33,24 @@ class ErrorSlot:
         return error
 
 
-class FrameMemory:
-    """Guest memory as seen from a host function (or from the active module)."""
+class FrameMemory(CachedMemory):
+    """A module instance's memory, by its `WasmEdge_MemoryInstanceContext`."""
 
     def __init__(self, lib: _ffi.Library, mem: int) -> None:
+        super().__init__()
         self._lib = lib
-        self._mem = mem
+        self.handle = mem
 
-    def _address(self, ptr: int, length: int) -> int:
-        """The host address of a non-empty guest range; GetPointer returns NULL outside."""
-        address = (
-            self._lib.cdll.WasmEdge_MemoryInstanceGetPointer(self._mem, ptr, length)
-            if self._mem and ptr >= 0 and length > 0
-            else None
-        )
-        if not address:
-            raise IndexError(f"range {ptr}+{length} is outside the module's memory")
-        return int(address)
-
-    def read(self, ptr: int, length: int) -> bytes:
-        if length == 0:
-            return b""
-        return ctypes.string_at(self._address(ptr, length), length)
-
-    def write(self, ptr: int, data: bytes) -> None:
-        if data:
-            ctypes.memmove(self._address(ptr, len(data)), data, len(data))
-
-    def pages(self) -> int:
-        return int(self._lib.cdll.WasmEdge_MemoryInstanceGetPageSize(self._mem)) if self._mem else 0
+    def _locate(self) -> tuple[int, int]:
+        if not self.handle:
+            return 0, 0
+        c = self._lib.cdll
+        size = int(c.WasmEdge_MemoryInstanceGetPageSize(self.handle)) * PAGE_SIZE
+        return (c.WasmEdge_MemoryInstanceGetPointer(self.handle, 0, size) or 0) if size else 0, size
 
 
 class _Entry:
-    __slots__ = ("func", "lib", "params", "returns_value", "slot")
+    __slots__ = ("args", "bound", "func", "lib", "memory", "returns_value", "slot")
 
     def __init__(
         self,
@@ -75,9 +62,12 @@ class _Entry:
     ) -> None:
         self.lib = lib
         self.func = func
-        self.params = params
+        # The i32 parameters: the low 32 bits of each 32-byte `WasmEdge_Value`.
+        self.args = struct.Struct("<" + "I28x" * params)
         self.returns_value = returns_value
         self.slot = slot
+        self.memory = FrameMemory(lib, 0)  # the caller's, replaced when another calls
+        self.bound = False  # True once `bind` gave the instance's own memory
 
 
 _REGISTRY: dict[int, _Entry] = {}
@@ -99,25 +89,39 @@ def register(
     return key
 
 
+def bind(keys: list[int], memory: FrameMemory) -> None:
+    """Give an instance's host functions its memory: calls then skip looking it up
+    through the calling frame (only host functions its start function runs need to)."""
+    with _LOCK:
+        for key in keys:
+            entry = _REGISTRY.get(key)
+            if entry is not None:
+                entry.memory = memory
+                entry.bound = True
+
+
 def unregister(keys: list[int]) -> None:
     with _LOCK:
         for key in keys:
             _REGISTRY.pop(key, None)
 
 
-def _call(data: int | None, frame: int | None, params: Any, returns: Any) -> int:
+def _call(data: int | None, frame: int | None, params: int | None, returns: int | None) -> int:
     entry = _REGISTRY.get(data or 0)
     if entry is None:
         return HOST_FAILED
     try:
-        mem = entry.lib.cdll.WasmEdge_CallingFrameGetMemoryInstance(frame, 0)
-        args = [params[i].Value[0] & 0xFFFFFFFF for i in range(entry.params)]
-        result = entry.func(FrameMemory(entry.lib, mem or 0), *args)
+        memory = entry.memory
+        if not entry.bound:
+            mem = entry.lib.cdll.WasmEdge_CallingFrameGetMemoryInstance(frame, 0) or 0
+            if mem != memory.handle:
+                memory = entry.memory = FrameMemory(entry.lib, mem)
+        memory.changed()
+        args = entry.args.unpack(ctypes.string_at(params or 0, entry.args.size))
+        result = entry.func(memory, *args)
         if entry.returns_value:
-            out = returns[0]
-            out.Value[0] = (result or 0) & 0xFFFFFFFF
-            out.Value[1] = 0
-            out.Type = _ffi.i32_type()
+            value = _ffi.I32_VALUE.pack((result or 0) & 0xFFFFFFFF, _ffi.I32_TYPE)
+            ctypes.memmove(returns or 0, value, _ffi.I32_VALUE.size)
     except BaseException as err:
         if entry.slot.error is None:
             entry.slot.error = err

@@ -37,10 +37,17 @@ from agent.wasm._cache import CompileCache, cache_key
 from agent.wasm._stackguard import GUARD_VERSION, guarded, memory_minimum
 from agent.wasm._ticker import Ticker
 from agent.wasm.wasmedge import _ffi, _handles
-from agent.wasm.wasmedge._callbacks import ErrorSlot, FrameMemory, register, unregister
+from agent.wasm.wasmedge._callbacks import (
+    ErrorSlot,
+    FrameMemory,
+    bind,
+    register,
+    unregister,
+)
 
 log = logging.getLogger(__name__)
 
+_VALUE_SIZE = ctypes.sizeof(_ffi.Value)
 _INTERNAL = "edge_agent_internal"
 """A host module of our own in every VM; its `nop` clears a stop token left behind."""
 
@@ -210,7 +217,7 @@ class WasmEdgeModule:
         self._min_pages = memory_minimum(wasm)
         self._asts = {False: ast}  # keyed by `metered`; the metered one made on demand
         self._name = name
-        self._info, self._returns = _describe(engine.lib, ast)
+        self._info, self._signatures = _describe(engine.lib, ast)
 
     @property
     def name(self) -> str:
@@ -233,7 +240,7 @@ class WasmEdgeModule:
         ast = self._asts.get(metered)
         if ast is None:
             ast = self._asts[metered] = self._engine.load(self._wasm, self._name, metered=metered)
-        return _Instance(self._engine, self, ast, host, wasi, limits, self._returns)
+        return _Instance(self._engine, self, ast, host, wasi, limits, self._signatures)
 
     def close(self) -> None:
         for ast in self._asts.values():
@@ -241,8 +248,10 @@ class WasmEdgeModule:
         self._asts = {}
 
 
-def _describe(lib: _ffi.Library, ast: _handles.ASTModule) -> tuple[ModuleInfo, dict[str, int]]:
-    """Imports, exports and each exported function's result count, from the AST."""
+def _describe(
+    lib: _ffi.Library, ast: _handles.ASTModule
+) -> tuple[ModuleInfo, dict[str, tuple[int, int]]]:
+    """Imports, exports and each exported function's (parameter, result) counts."""
     c = lib.cdll
     n = c.WasmEdge_ASTModuleListImportsLength(ast.ptr)
     items = (ctypes.c_void_p * max(n, 1))()
@@ -257,17 +266,20 @@ def _describe(lib: _ffi.Library, ast: _handles.ASTModule) -> tuple[ModuleInfo, d
     n = c.WasmEdge_ASTModuleListExportsLength(ast.ptr)
     items = (ctypes.c_void_p * max(n, 1))()
     c.WasmEdge_ASTModuleListExports(ast.ptr, items, n)
-    returns: dict[str, int] = {}
+    signatures: dict[str, tuple[int, int]] = {}
     memories: set[str] = set()
     for i in range(n):
         kind = c.WasmEdge_ExportTypeGetExternalType(items[i])
         export = _ffi.read_string(c.WasmEdge_ExportTypeGetExternalName(items[i]))
         if kind == _ffi.EXTERNAL_FUNCTION:
             ftype = c.WasmEdge_ExportTypeGetFunctionType(ast.ptr, items[i])
-            returns[export] = c.WasmEdge_FunctionTypeGetReturnsLength(ftype)
+            signatures[export] = (
+                c.WasmEdge_FunctionTypeGetParametersLength(ftype),
+                c.WasmEdge_FunctionTypeGetReturnsLength(ftype),
+            )
         elif kind == _ffi.EXTERNAL_MEMORY:
             memories.add(export)
-    return ModuleInfo(imports, frozenset(returns), frozenset(memories)), returns
+    return ModuleInfo(imports, frozenset(signatures), frozenset(memories)), signatures
 
 
 class _Stdio:
@@ -320,18 +332,20 @@ class _Instance:
         host: Sequence[HostFunction],
         wasi: WasiSpec,
         limits: Limits,
-        returns: dict[str, int],
+        signatures: dict[str, tuple[int, int]],
     ) -> None:
         self._lib = lib = engine.lib
         self._watchdog = engine.watchdog
         self._name = module.name
         self._limits = limits
-        self._returns = returns
+        self._signatures = signatures
+        self._execute = lib.cdll.WasmEdge_VMExecute
         self._slot = ErrorSlot()
         self._keys: list[int] = []
         self._stdio: _Stdio | None = None
         self._output = wasi.output
-        self._names: dict[str, tuple[_ffi.String, bytes]] = {}
+        self._prepared: dict[str, tuple[Any, int, Any, Any, int]] = {}
+        self._keep: list[tuple[_ffi.String, bytes]] = []  # the names' buffers
         self._canceller: _handles.Async | None = None
         modules = self._host_modules([*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)])
         try:
@@ -355,6 +369,8 @@ class _Instance:
         memory = lib.cdll.WasmEdge_ModuleInstanceFindMemory(active, name)
         del keep
         self._memory = FrameMemory(lib, memory or 0)
+        if memory:
+            bind(self._keys, self._memory)
 
     def _host_modules(self, host: Sequence[HostFunction]) -> list[_handles.HostModule]:
         """One host module per import module name, its functions bound to our trampoline."""
@@ -455,32 +471,30 @@ class _Instance:
         return self._memory
 
     def call(self, function: str, *args: int) -> int | None:
-        vm = self._vm.ptr
-        c = self._lib.cdll
-        nret = self._returns.get(function)
-        if nret is None:
-            raise errors.InvalidModule(self._name, f"exports no function {function!r}")
-        name = self._names.get(function)
-        if name is None:
-            name = self._names[function] = _ffi.string(function)
-        params = (_ffi.Value * max(len(args), 1))()
-        i32 = _ffi.i32_type()
+        prepared = self._prepared.get(function)
+        if prepared is None:
+            prepared = self._prepare(function)
+        name, nparams, params, returns, nret = prepared
+        if len(args) != nparams:
+            raise errors.ModuleError(
+                self._name, f"{function} takes {nparams} arguments, given {len(args)}"
+            )
         for i, arg in enumerate(args):
-            params[i].Value[0] = arg & 0xFFFFFFFF
-            params[i].Type = i32
-        returns = (_ffi.Value * max(nret, 1))()
+            _ffi.I32_VALUE.pack_into(params, i * _VALUE_SIZE, arg & 0xFFFFFFFF, _ffi.I32_TYPE)
         if self._limits.fuel is not None:
+            c = self._lib.cdll
             c.WasmEdge_StatisticsClear(self._stats)
             c.WasmEdge_StatisticsSetCostLimit(self._stats, self._limits.fuel)
         deadline = self._limits.deadline_ms
         if deadline is not None:
             self._watchdog.start(id(self), deadline, self._stop)
         try:
-            result = c.WasmEdge_VMExecute(vm, name[0], params, len(args), returns, nret)
+            result = self._execute(self._vm.ptr, name, params, nparams, returns, nret)
         finally:
             fired = deadline is not None and self._watchdog.finish(id(self))
             if fired and result & 0xFFFFFF != _ffi.INTERRUPTED:
                 self._clear_stop()
+            self._memory.changed()
             self._flush_output()
         error = self._slot.take()
         if error is not None:
@@ -488,6 +502,24 @@ class _Instance:
         if result:
             raise self._call_error(result)
         return int(returns[0].Value[0] & 0xFFFFFFFF) if nret else None
+
+    def _prepare(self, function: str) -> tuple[Any, int, Any, Any, int]:
+        """The name and value arrays of an export, made on its first call and reused."""
+        signature = self._signatures.get(function)
+        if signature is None:
+            raise errors.InvalidModule(self._name, f"exports no function {function!r}")
+        nparams, nret = signature
+        name = _ffi.string(function)
+        prepared = (
+            name[0],
+            nparams,
+            (_ffi.Value * max(nparams, 1))(),
+            (_ffi.Value * max(nret, 1))(),
+            nret,
+        )
+        self._prepared[function] = prepared
+        self._keep.append(name)
+        return prepared
 
     def _call_error(self, result: int) -> errors.ModuleError:
         code = result & 0xFFFFFF

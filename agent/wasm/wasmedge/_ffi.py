@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import struct
 from ctypes import (
     POINTER,
     Structure,
@@ -73,7 +74,12 @@ def i32_type() -> ValType:
 Result = c_uint32
 """`WasmEdge_Result` is a one-field struct returned in a register; read as its code."""
 
-HostFunc = ctypes.CFUNCTYPE(c_uint32, c_void_p, c_void_p, POINTER(Value), POINTER(Value))
+HostFunc = ctypes.CFUNCTYPE(c_uint32, c_void_p, c_void_p, c_void_p, c_void_p)
+"""(Data, CallingFrame, Params, Returns): plain addresses, read in bulk by the trampoline."""
+I32_VALUE = struct.Struct("<Q8x8s8x")
+"""One `WasmEdge_Value` holding an i32: the low 64 bits of `Value`, then `Type`."""
+I32_TYPE = bytes(i32_type())
+"""The `Type` bytes to pack with `I32_VALUE`."""
 
 # Result codes (`category << 24 | code`; category 0 is WasmEdge's own).
 OK = 0x00
