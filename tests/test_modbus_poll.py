@@ -441,3 +441,48 @@ def test_writes_are_checked_encoded_and_read_back(map_file: Callable[[float], Pa
                 await pool.write("dev", "setpoint", 1)
 
     run(scenario)
+
+
+@pytest.mark.arm64
+def test_a_non_finite_float_is_a_bad_value_that_names_itself(
+    map_file: Callable[[float], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sensors report faults as NaN; JSON cannot carry it and modules must not use it."""
+
+    async def scenario() -> None:
+        img = fill(DeviceImage())
+        async with SimServer({1: img}) as server:
+            got = Collector()
+            async with DevicePool.create([device("dev", server.port, map_file(0.02))], got):
+                await got.wait(lambda: len(got.readings) >= 2)
+                img.set("input", 0, image("f", float("nan"), "ABCD"))
+                img.set("input", 2, image("f", float("-inf"), "CDAB"))
+                first = len(got.readings)
+                await got.wait(
+                    lambda: sum("temperature" in r.values for r in got.readings[first:]) >= 4
+                )
+                img.set("input", 0, image("f", 20.5, "ABCD"))
+                after = len(got.readings)
+                await got.wait(
+                    lambda: any(
+                        r.values["temperature"].quality == "good"
+                        for r in got.readings[after:]
+                        if "temperature" in r.values
+                    )
+                )
+        fast = [r for r in got.readings if "temperature" in r.values]
+        bad = [r for r in fast if r.values["temperature"].quality == "bad"]
+        assert len(bad) >= 3
+        for r in bad:
+            temperature, vibration = r.values["temperature"], r.values["vibration"]
+            assert temperature.value == 61.25  # the last good value, not NaN
+            assert temperature.reason == "float32 register 0 gave nan, not a finite number"
+            assert (vibration.value, vibration.quality) == (-3.5, "bad")
+            assert vibration.reason == "float32 register 2 gave -inf, not a finite number"
+            assert r.values["pressure"].quality == "good"  # the rest of the reading is fine
+        assert fast[-1].values["temperature"].value == 20.5
+        warnings = [m for m in caplog.messages if "not a finite number" in m]
+        assert len(warnings) == 2  # once per register, not once per poll
+
+    with caplog.at_level(logging.WARNING, logger="agent.modbus"):
+        run(scenario)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -88,6 +89,7 @@ class _Device:
         self._last_good: dict[str, RawValue] = {}
         self._emit_lock = asyncio.Lock()
         self._warned: set[str] = set()
+        self._not_finite: set[str] = set()
 
     def status(self) -> DeviceStatus:
         rate = 0.0
@@ -167,6 +169,15 @@ class _Device:
             return Value(last, reg.unit, "bad", reasons[0])
         raw = decode(reg.type, reg.order, [words[k] for k in addresses], reg.bit)
         value = to_engineering(raw, reg.scale, reg.offset)
+        if isinstance(value, float) and not math.isfinite(value):
+            # A sensor's fault marker, often: JSON has no NaN, and a module must not
+            # compute with it as if it were a reading.
+            reason = f"{reg.type} register {reg.address} gave {value}, not a finite number"
+            if reg.name not in self._not_finite:  # logged once until it reads finite again
+                self._not_finite.add(reg.name)
+                log.warning("device %s: %s: %s", self.name, reg.name, reason)
+            return Value(self._last_good.get(reg.name, _ZERO[reg.type]), reg.unit, "bad", reason)
+        self._not_finite.discard(reg.name)
         self._last_good[reg.name] = value
         return Value(value, reg.unit)
 
