@@ -361,3 +361,66 @@ def test_numbers_survive_the_guest_reader_and_writer_bit_for_bit(engine: Engine)
     messages = run(engine, "scale", {"channels": {"x": {"scale": 1}}}, readings)
     got = [json.loads(m.payload)["values"]["x"]["value"] for m in messages]
     assert [repr(float(g)) for g in got] == [repr(x) for x in numbers]
+
+
+def test_emits_outside_the_granted_topics_are_refused_every_time(engine: Engine) -> None:
+    """Checked topics are remembered; refused ones must not be."""
+    reading = Reading("d", 1.0, 1, {"t": Value(20.0, "degC")})
+    compiled = engine.compile(module_bytes("scale"), "scale")
+    refused = ReactorModule(compiled, {}, emit_topics=("stats/#",))
+    granted = ReactorModule(compiled, {}, emit_topics=("stats/#", "+"))
+    try:
+        for _ in range(2):
+            with pytest.raises(errors.EmitRejected, match=r"may not emit to 'scaled'"):
+                refused.on_reading(reading)
+            assert [m.topic for m in granted.on_reading(reading)] == ["scaled"]
+    finally:
+        refused.close()
+        granted.close()
+
+
+def test_reading_document_is_what_json_dumps_writes() -> None:
+    """The document is written by hand for speed: it must stay byte for byte what
+    `json.dumps` makes of the documented shape, escapes and numbers included."""
+    rng = random.Random(3)
+    samples: list[float | int | bool | str] = [True, False, 0, -(10**12), 1e-300, 'a "q" \\ \n é']
+    names = ["t", "b☃", 'q"', "x/y"]
+    for seq in range(300):
+        values = {
+            rng.choice(names) + str(j): Value(
+                rng.choice([*samples, rng.random() * 1e6]),
+                rng.choice([None, "degC", "°C"]),
+                rng.choice(["good", "bad", "uncertain"]),
+            )
+            for j in range(rng.randint(0, 4))
+        }
+        series = {
+            f"s{j}": Series.pack(
+                rng.choice(["f32", "f64", "i16", "u16", "i32", "u32"]),
+                [rng.randint(0, 100) for _ in range(rng.randint(0, 7))],
+                unit=rng.choice([None, "g"]),
+            )
+            for j in range(rng.randint(0, 3))
+        }
+        reading = Reading("dév", rng.random() * 1e9, seq, values, series)
+        expected: dict[str, Any] = {
+            "device": reading.device,
+            "ts": reading.ts,
+            "seq": seq,
+            "values": {
+                name: {"value": v.value}
+                | ({"unit": v.unit} if v.unit is not None else {})
+                | {"quality": v.quality}
+                for name, v in values.items()
+            },
+        }
+        blob, layout = b"", {}
+        for name, s in series.items():
+            blob += b"\0" * (-len(blob) % 8)
+            layout[name] = {"offset": len(blob), "count": s.count, "type": s.dtype}
+            layout[name] |= ({"unit": s.unit} if s.unit is not None else {}) | {"quality": "good"}
+            blob += s.data
+        if series:
+            expected["series"] = layout
+        document = json.dumps(expected, separators=(",", ":")).encode()
+        assert encode_reading(reading) == (document, blob)
