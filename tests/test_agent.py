@@ -189,18 +189,23 @@ def test_a_killed_agent_restarts_where_it_was(node: Node, mosquitto: Mosquitto) 
             SimServer({1: node.pump.image}, port=node.device_port),
             Subscriber(mosquitto, f"{ROOT}/#") as sub,
         ):
+            def readings_since(t: float) -> int:
+                """Distinct raw readings polled since `t`: redeliveries do not count."""
+                raw = by_topic(sub.messages, "devices/pump-1")
+                return len({d["seq"] for d in raw if float(d["ts"]) >= t})  # type: ignore[arg-type]
+
             first = await asyncio.create_subprocess_exec(*command, str(node.config_path), env=env)
             await until(lambda: len(by_topic(sub.messages, "scaled")) >= 20, 60)
+            await until(lambda: readings_since(0) >= 20, 60)
             first.send_signal(signal.SIGKILL)
             await first.wait()
             killed_at = time.time()
-            before = len(by_topic(sub.messages, "scaled"))
             log = node.config_path.parent / "second.log"
             with log.open("w") as out:
                 second = await asyncio.create_subprocess_exec(
                     *command, str(node.config_path), env=env, stderr=out
                 )
-                await until(lambda: len(by_topic(sub.messages, "scaled")) >= before + 20, 60)
+                await until(lambda: readings_since(killed_at) >= 20, 60)
                 second.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(second.wait(), 30) == 0
             return sub.messages, killed_at, log.read_text()

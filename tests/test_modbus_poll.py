@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent.config._models import DeviceConfig
-from agent.errors import ModbusTimeout, ReadbackMismatch, WriteRefused
+from agent.errors import ModbusExceptionResponse, ModbusTimeout, ReadbackMismatch, WriteRefused
 from agent.modbus import DevicePool
 from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
@@ -486,3 +486,20 @@ def test_a_non_finite_float_is_a_bad_value_that_names_itself(
 
     with caplog.at_level(logging.WARNING, logger="agent.modbus"):
         run(scenario)
+
+
+def test_a_stale_poll_does_not_undo_a_newer_ones_verdict(map_file: Callable[[float], Path]) -> None:
+    """Groups poll concurrently: a poll sent before the device recovered may finish after
+    one sent since. Only the one that started last may set the state (and log)."""
+    from agent.modbus._pool import _Device  # noqa: PLC0415 - the accounting alone
+
+    dev = _Device(device("dev", 1, map_file(1)), None, Collector())  # type: ignore[arg-type]
+    refused = [ModbusExceptionResponse("dev", 4), ModbusExceptionResponse("dev", 4)]
+    dev._account(refused, 2, started=1.0)
+    assert dev.state == "offline"
+    dev._account([], 2, started=3.0)  # sent after the device recovered
+    dev._account(refused, 2, started=2.0)  # sent before, answered last
+    assert dev.state == "online"
+    assert (dev.polls, dev.errors) == (3, 4)  # still counted
+    dev._account(refused, 2, started=4.0)
+    assert dev.state == "offline"

@@ -5,11 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from agent.wasm._ticker import Ticker
-
-pytestmark = pytest.mark.arm64
 
 
 def wait_for(condition: threading.Event, timeout: float = 2.0) -> bool:

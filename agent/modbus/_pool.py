@@ -90,6 +90,7 @@ class _Device:
         self._emit_lock = asyncio.Lock()
         self._warned: set[str] = set()
         self._not_finite: set[str] = set()
+        self._decided_at = 0.0  # when the poll that last set `state` started (monotonic)
 
     def status(self) -> DeviceStatus:
         rate = 0.0
@@ -124,6 +125,7 @@ class _Device:
 
     async def _poll(self, group: RegisterGroup, blocks: tuple[ReadBlock, ...]) -> None:
         ts = time.time()
+        started = time.monotonic()
         words: dict[tuple[Table, int], int] = {}
         failed: dict[tuple[Table, int], str] = {}
         errors: list[ModbusError] = []
@@ -147,7 +149,7 @@ class _Device:
         if self.closed:
             return  # shutting down: the failures are ours, not the device's
         values = {reg.name: self._value(reg, words, failed) for reg in group.registers}
-        self._account(errors, len(blocks))
+        self._account(errors, len(blocks), started)
         async with self._emit_lock:
             reading = Reading(self.name, ts, self.seq, values)
             self.seq += 1
@@ -181,23 +183,31 @@ class _Device:
         self._last_good[reg.name] = value
         return Value(value, reg.unit)
 
-    def _account(self, errors: list[ModbusError], requests: int) -> None:
+    def _account(self, errors: list[ModbusError], requests: int, started: float) -> None:
+        """Count a finished poll and let it decide the device's state, unless a poll
+        that started after it already did: groups poll concurrently, and a slow poll
+        sent before a device recovered must not mark it offline again (nor the reverse)."""
         self.polls += 1
         self.last_poll = time.time()
         self._done.append(time.monotonic())
         self.errors += len(errors)
+        if errors:
+            self.last_error = errors[-1].reason
+        if started < self._decided_at:
+            return
+        self._decided_at = started
         if not errors:
             if self.state == "offline":
                 log.info("device %s is back online", self.name)
             self.state = "online"
             self._warned.clear()
             return
-        self.last_error = errors[-1].reason
         if len(errors) < requests and not _unanswered(errors[-1]):
             self.state = "online"
-            if self.last_error not in self._warned:
-                self._warned.add(self.last_error)
-                log.warning("device %s: some reads failed: %s", self.name, self.last_error)
+            reason = errors[-1].reason
+            if reason not in self._warned:
+                self._warned.add(reason)
+                log.warning("device %s: some reads failed: %s", self.name, reason)
             return
         if self.state != "offline":
             log.error("device %s is offline: %s", self.name, errors[-1])
