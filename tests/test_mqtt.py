@@ -9,17 +9,21 @@ order, and `repeats_by_origin` tells the link's resends from the broker's own.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from agent.config import MqttConfig
-from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
+from agent.errors import BrokerUnreachable
+from agent.mqtt import EmbeddedBroker, Incoming, MqttLink, new_client, probe_broker
 from agent.outbox import Outbox
 
 from .brokers import (
@@ -358,3 +362,37 @@ def test_config_refuses_what_cannot_work(tmp_path: Path) -> None:
         MqttConfig.model_validate({"password": "a", "password_file": str(tmp_path / "p")})
     routes = MqttConfig.model_validate({"qos": 1, "routes": {"raw/#": 0}})
     assert (routes.qos_for("raw/pump1"), routes.qos_for("stats/pump1")) == (0, 1)
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_peer_that_hangs_up_before_connack_fails_the_connect_at_once(protocol: str) -> None:
+    """Not MQTT on that port, or TLS expected: the link must say so and retry on its
+    backoff, not wait out its connect timeout; and it must not keep the socket."""
+
+    async def scenario() -> None:
+        async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)  # the CONNECT has begun
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        config = mqtt_config(port, protocol, connect_timeout_s=5)
+        gc.disable()  # a leaked socket must show, not be collected
+        try:
+            fds = len(os.listdir("/proc/self/fd"))
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(aiomqtt.MqttError, match="closed the connection before"):
+                    async with new_client(config, "hang-up-test"):
+                        pass
+                assert time.monotonic() - started < 1.0
+            assert len(os.listdir("/proc/self/fd")) == fds
+            with pytest.raises(BrokerUnreachable, match="before its CONNACK") as caught:
+                await probe_broker(config, 5)
+            assert caught.value.kind == "refused"
+        finally:
+            gc.enable()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())

@@ -316,7 +316,8 @@ _BROKER_FIXES = {
     "certificate",
     "auth": "check mqtt.username and mqtt.password (or password_file) against the broker's "
     "accounts",
-    "refused": "see the broker's log for why it refused this client",
+    "refused": "see the broker's log for why it refused this client; one that hangs up "
+    "before its CONNACK may also expect TLS (mqtt.tls), or mqtt.port may not be MQTT",
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
-from typing import Any
+from typing import Any, Self
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -20,6 +20,37 @@ from agent.errors import BrokerUnreachable
 # MQTT 3.1.1 CONNACK return codes and MQTT 5 reason codes that mean "who are you?".
 _AUTH_CODES_V311 = frozenset({4, 5})
 _AUTH_CODES_V5 = frozenset({0x86, 0x87, 0x8C})
+
+
+class _HungUp(aiomqtt.MqttError):
+    """The broker closed the connection after the CONNECT, without a CONNACK."""
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with two gaps of its connect closed (private to aiomqtt and
+    paho, whose majors are pinned):
+
+    - a broker that closes the connection before its CONNACK (not MQTT on that port,
+      TLS expected, a refusal without CONNACK) fails the connect at once; aiomqtt
+      ignores that disconnect and waits out its whole timeout, then says "timed out";
+    - a connect that failed after the TCP connect closes its socket, which aiomqtt
+      leaves open for the garbage collector.
+    """
+
+    async def __aenter__(self) -> Self:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            self._client._sock_close()
+            raise
+
+    def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
+        if not self._connected.done():
+            self._connected.set_exception(
+                _HungUp("the broker closed the connection before its CONNACK")
+            )
+            return
+        super()._on_disconnect(*args, **kwargs)
 
 
 def new_client(config: MqttConfig, identifier: str, **extra: Any) -> aiomqtt.Client:
@@ -36,7 +67,7 @@ def new_client(config: MqttConfig, identifier: str, **extra: Any) -> aiomqtt.Cli
         "timeout": config.connect_timeout_s,
     }
     options.update(extra)
-    return aiomqtt.Client(config.host, config.broker_port, **options)
+    return _Client(config.host, config.broker_port, **options)
 
 
 async def probe_broker(config: MqttConfig, timeout_s: float) -> None:
@@ -47,13 +78,14 @@ async def probe_broker(config: MqttConfig, timeout_s: float) -> None:
     """
     broker = f"{config.host}:{config.broker_port}"
     client = new_client(config, f"edge-agent-check-{uuid.uuid4().hex[:8]}", timeout=timeout_s)
-    connected = False
     try:
         async with asyncio.timeout(timeout_s):
             async with client:
-                connected = True
+                pass
     except TimeoutError as err:
         raise BrokerUnreachable(broker, "timeout", f"no CONNACK within {timeout_s:g} s") from err
+    except _HungUp as err:
+        raise BrokerUnreachable(broker, "refused", str(err)) from err
     except aiomqtt.MqttCodeError as err:
         kind = "auth" if _is_auth_code(err.rc) else "refused"
         raise BrokerUnreachable(broker, kind, f"refused the connection: {err}") from err
@@ -67,16 +99,6 @@ async def probe_broker(config: MqttConfig, timeout_s: float) -> None:
         if isinstance(cause, TimeoutError) or "timed out" in str(err):
             raise BrokerUnreachable(broker, "timeout", f"no answer within {timeout_s:g} s") from err
         raise BrokerUnreachable(broker, "unreachable", str(err) or type(err).__name__) from err
-    finally:
-        if not connected:
-            _drop_socket(client)
-
-
-def _drop_socket(client: aiomqtt.Client) -> None:
-    """Close the socket of a CONNECT that failed after the TCP connect (no CONNACK in
-    time): aiomqtt leaves it open. Through paho's own close, so aiomqtt's callback also
-    takes it off the event loop. Private to both libraries, whose majors are pinned."""
-    client._client._sock_close()
 
 
 def _is_auth_code(rc: int | ReasonCode | None) -> bool:
