@@ -395,7 +395,9 @@ double edge_series_at(const edge_series *s, uint32_t i)
 }
 
 /* One loop per type keeps the type switch out of the per-sample path. */
+/* Unrolled, as engines check for interruption on every loop iteration. */
 #define CONVERT(T)                                                      \
+    _Pragma("clang loop unroll_count(8)")                               \
     for (uint32_t j = 0; j < n; j++)                                    \
         out[j] = LOAD(T, p + (size_t)j * sizeof(T));                    \
     break
