@@ -8,8 +8,10 @@ each call. WasmEdge's result codes become the agent's errors in `_call_error` (a
 
 Deadlines: `VMAsyncExecute` starts a thread per call (about 45 us), more than a whole
 AOT-compiled call. Calls therefore run synchronously, and a watchdog stops an overrunning
-VM through a cancel handle made once per instance: cancelling any `WasmEdge_Async` of a
-VM sets that VM's stop token, which the running code checks at calls and branches.
+VM through a cancel handle: cancelling any `WasmEdge_Async` of a VM sets that VM's stop
+token, which the running code checks at blocks and loops. The handle is made the first
+time one of the instance's calls overruns (its thread would cost more than the rest of
+an instance start), while that call holds the VM: both only share its lock.
 """
 
 from __future__ import annotations
@@ -359,7 +361,6 @@ class _Instance:
             raise
         try:
             self._setup(host, wasi, ast, module.info.imports)
-            self._canceller = self._make_canceller()
         except BaseException:
             self.close()
             raise
@@ -417,8 +418,10 @@ class _Instance:
         return job
 
     def _stop(self) -> None:
-        if self._canceller is not None:
-            self._lib.cdll.WasmEdge_AsyncCancel(self._canceller.ptr)
+        """Stop the running call; on the watchdog's thread, under its lock."""
+        if self._canceller is None:
+            self._canceller = self._make_canceller()
+        self._lib.cdll.WasmEdge_AsyncCancel(self._canceller.ptr)
 
     def _clear_stop(self) -> None:
         """Consume a stop token that arrived after the call had already finished."""
