@@ -11,15 +11,8 @@ from typing import Any
 import pytest
 import wasmtime
 
-from agent.wasm._stackguard import (
-    DEFAULT_MAX_DEPTH,
-    RESET_EXPORT,
-    _Reader,
-    _s32,
-    _sections,
-    _u32,
-    instrument,
-)
+from agent.wasm._binary import Reader, s32, sections, u32
+from agent.wasm._stackguard import DEFAULT_MAX_DEPTH, RESET_EXPORT, instrument
 
 from .conftest import DIST
 
@@ -66,8 +59,8 @@ def wat2wasm(text: str) -> bytes:
 
 
 def custom(name: str, data: bytes) -> bytes:
-    payload = _u32(len(name)) + name.encode() + data
-    return b"\0" + _u32(len(payload)) + payload
+    payload = u32(len(name)) + name.encode() + data
+    return b"\0" + u32(len(payload)) + payload
 
 
 SUM = """(module
@@ -196,7 +189,7 @@ def test_a_module_without_functions_still_gets_the_reset() -> None:
 
 def test_an_existing_reset_type_is_reused() -> None:
     def type_count(wasm: bytes) -> int:
-        return _Reader(dict(_sections(wasm))[1], "types").u32()
+        return Reader(dict(sections(wasm))[1], "types").u32()
 
     with_type = wat2wasm('(module (func (export "one") (result i32) (i32.const 1)))')
     without = wat2wasm('(module (func (export "one") (param i32)))')
@@ -210,7 +203,7 @@ def test_other_sections_and_custom_sections_stay_in_place() -> None:
         "(i32.load8_u (i32.const 1))))"
     )
     wasm = HEADER + custom("first", b"\1\2") + wasm[8:] + custom("last", b"\3")
-    before, after = _sections(wasm), _sections(instrument(wasm))
+    before, after = sections(wasm), sections(instrument(wasm))
     assert [sid for sid, _ in before] == [0, 1, 3, 5, 7, 10, 11, 0]
     assert [sid for sid, _ in after] == [0, 1, 3, 5, 6, 7, 10, 11, 0]  # global section added
     changed = {1, 3, 6, 7, 10}
@@ -255,7 +248,7 @@ def test_a_return_call_loop_is_bounded_too() -> None:
 
 
 def section(sid: int, payload: bytes) -> bytes:
-    return bytes([sid]) + _u32(len(payload)) + payload
+    return bytes([sid]) + u32(len(payload)) + payload
 
 
 FUNC_VOID = b"\x01\x60\x00\x00"  # a type section payload: [() -> ()]
@@ -301,7 +294,7 @@ def test_max_depth_must_fit_the_i32_compare(max_depth: int) -> None:
 
 @pytest.mark.parametrize("value", [0, 1, 63, 64, 127, 128, 5000, 2**31 - 1, -1, -64, -65, -(2**31)])
 def test_leb128_round_trips(value: int) -> None:
-    assert _Reader(_s32(value), "s32").leb(32, signed=True) == value
+    assert Reader(s32(value), "s32").leb(32, signed=True) == value
     if value >= 0:
-        assert _Reader(_u32(value), "u32").u32() == value
-        assert _Reader(_u32(value + 2**31), "u32").u32() == value + 2**31
+        assert Reader(u32(value), "u32").u32() == value
+        assert Reader(u32(value + 2**31), "u32").u32() == value + 2**31

@@ -152,3 +152,29 @@ def test_find_library_prefers_the_operators_path(
     monkeypatch.setenv("WASMEDGE_LIB", "/nonexistent/libwasmedge.so")
     assert find_library(given) == given
     assert _ffi.candidates()[0] == Path("/nonexistent/libwasmedge.so")
+
+
+@pytest.mark.parametrize("gc", [False, True], ids=["own-checks", "unknown-instruction"])
+def test_aot_deadlines_hold_with_our_checks_and_without(gc: bool, tmp_path: Path) -> None:
+    """AOT code carries our stop checks where the rewrite knows every instruction, and
+    keeps WasmEdge's interruptible code where it does not (here, `ref.i31` from GC)."""
+    extra = "(drop (ref.i31 (i32.const 1)))" if gc else ""
+    wasm = wasmtime.wat2wasm(
+        f"""(module
+          (memory (export "memory") 1)
+          (func (export "spin") {extra} (loop $l br $l)))"""
+    )
+    for _ in range(2):  # compiled, then from the compiled cache, which knows which it is
+        aot = WasmEdgeEngine(find_library(), cache_dir=tmp_path, aot=True)
+        if aot.mode != "aot":
+            pytest.skip("this libwasmedge has no AOT compiler")
+        own_checks = (aot.lib.version.major, aot.lib.version.minor) >= (0, 17) and not gc
+        compiled = aot.compile(bytes(wasm), "spinner")
+        inst = compiled.instantiate((), WasiSpec(), Limits(deadline_ms=50))
+        assert (inst._flag is not None) is own_checks
+        with pytest.raises(errors.ModuleTimeout, match="deadline of 50 ms"):
+            inst.call("spin")
+        inst.close()
+        compiled.close()
+        aot.close()
+    assert len(list(tmp_path.glob("*.bin"))) == 1

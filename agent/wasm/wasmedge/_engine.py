@@ -8,10 +8,13 @@ each call. WasmEdge's result codes become the agent's errors in `_call_error` (a
 
 Deadlines: `VMAsyncExecute` starts a thread per call (about 45 us), more than a whole
 AOT-compiled call. Calls therefore run synchronously, and a watchdog stops an overrunning
-VM through a cancel handle: cancelling any `WasmEdge_Async` of a VM sets that VM's stop
-token, which the running code checks at blocks and loops. The handle is made the first
-time one of the instance's calls overruns (its thread would cost more than the rest of
-an instance start), while that call holds the VM: both only share its lock.
+VM. AOT code from WasmEdge 0.17 carries stop checks of our own in its loops
+(`_stopcheck`), and the watchdog sets their flag. Elsewhere (older WasmEdge, the
+interpreter, a module the rewrite does not know) it cancels a `WasmEdge_Async` of the
+VM, which sets the VM's stop token that interruptible code checks at every block and
+loop, five times the cost. That handle is made the first time one of the instance's
+calls overruns (its thread would cost more than the rest of an instance start), while
+that call holds the VM: both only share its lock.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent import errors
 from agent.wasm._api import (
@@ -37,6 +40,7 @@ from agent.wasm._api import (
 )
 from agent.wasm._cache import CompileCache, cache_key
 from agent.wasm._stackguard import GUARD_VERSION, guarded, memory_minimum
+from agent.wasm._stopcheck import STOP_EXPORT, UnknownInstruction
 from agent.wasm._ticker import Ticker
 from agent.wasm.wasmedge import _ffi, _handles
 from agent.wasm.wasmedge._callbacks import (
@@ -50,6 +54,9 @@ from agent.wasm.wasmedge._callbacks import (
 log = logging.getLogger(__name__)
 
 _VALUE_SIZE = ctypes.sizeof(_ffi.Value)
+_THREADS_PROPOSAL = {(0, 17): 16}
+"""`WasmEdge_Proposal_Threads` (our stop checks load atomically) by release, as the enum
+is renumbered between releases; elsewhere AOT code keeps WasmEdge's own checks."""
 _INTERNAL = "edge_agent_internal"
 """A host module of our own in every VM; its `nop` clears a stop token left behind."""
 
@@ -96,6 +103,8 @@ class WasmEdgeEngine:
     def __init__(self, path: Path, *, cache_dir: Path | None = None, aot: bool = True) -> None:
         self.lib = _ffi.load(path)
         self._aot = aot and self.lib.has_compiler
+        version = (self.lib.version.major, self.lib.version.minor)
+        self._threads = _THREADS_PROPOSAL.get(version) if self._aot else None
         self._cache = CompileCache(cache_dir) if cache_dir else None
         self.watchdog = _Watchdog()
 
@@ -112,12 +121,13 @@ class WasmEdgeEngine:
         return "aot" if self._aot else "interpreter"
 
     def configure(
-        self, limits: Limits | None = None, *, metered: bool = False
+        self, limits: Limits | None = None, *, metered: bool = False, stop_checked: bool = False
     ) -> _handles.Configure:
         """A configure context for this engine's mode, with the instance's limits.
 
         Cost measuring (fuel) slows AOT code about twofold, so it is on only for
         instances with a fuel limit; AOT code for them is compiled with metering.
+        Code with our own stop checks needs atomics and no interruptible code.
         """
         conf = _handles.Configure(self.lib)
         c = self.lib.cdll
@@ -128,11 +138,13 @@ class WasmEdgeEngine:
         if self._aot:
             c.WasmEdge_ConfigureCompilerSetOptimizationLevel(conf.ptr, _ffi.OPT_O2)
             c.WasmEdge_ConfigureCompilerSetOutputFormat(conf.ptr, _ffi.OUTPUT_FORMAT_WASM)
-            c.WasmEdge_ConfigureCompilerSetInterruptible(conf.ptr, True)
+            c.WasmEdge_ConfigureCompilerSetInterruptible(conf.ptr, not stop_checked)
             if "WasmEdge_ConfigureSetRunMode" in self.lib.optional:
                 c.WasmEdge_ConfigureSetRunMode(conf.ptr, _ffi.RUN_MODE_AOT)
         else:
             c.WasmEdge_ConfigureSetForceInterpreter(conf.ptr, True)
+        if stop_checked and self._threads is not None:
+            c.WasmEdge_ConfigureAddProposal(conf.ptr, self._threads)
         if limits is not None:
             c.WasmEdge_ConfigureSetMaxMemoryPage(conf.ptr, limits.memory_pages)
         return conf
@@ -140,13 +152,16 @@ class WasmEdgeEngine:
     def compile(self, wasm: bytes, name: str) -> CompiledModule:
         return WasmEdgeModule(self, wasm, self.load(wasm, name, metered=False), name)
 
-    def load(self, wasm: bytes, name: str, *, metered: bool) -> _handles.ASTModule:
+    def load(self, wasm: bytes, name: str, *, metered: bool) -> Loaded:
         """A parsed, validated AST: AOT-compiled (and metered, if asked) where we can."""
-        code = self._aot_compile(wasm, name, metered) if self._aot else guarded(wasm, name)
-        ast = self._parse(code, name, metered)
+        if self._aot:
+            code, stop_checked = self._aot_compile(wasm, name, metered)
+        else:
+            code, stop_checked = guarded(wasm, name), False
+        ast = self._parse(code, name, metered, stop_checked)
         try:
             with (
-                self.configure(metered=metered) as conf,
+                self.configure(metered=metered, stop_checked=stop_checked) as conf,
                 _handles.Validator(self.lib, conf) as validator,
             ):
                 result = self.lib.cdll.WasmEdge_ValidatorValidate(validator.ptr, ast.ptr)
@@ -157,12 +172,17 @@ class WasmEdgeEngine:
         except BaseException:
             ast.close()
             raise
-        return ast
+        return Loaded(ast, stop_checked)
 
-    def _parse(self, code: bytes, name: str, metered: bool) -> _handles.ASTModule:
+    def _parse(
+        self, code: bytes, name: str, metered: bool, stop_checked: bool
+    ) -> _handles.ASTModule:
         out = ctypes.c_void_p()
         data, keep = _ffi.bytes_of(code)
-        with self.configure(metered=metered) as conf, _handles.Loader(self.lib, conf) as loader:
+        with (
+            self.configure(metered=metered, stop_checked=stop_checked) as conf,
+            _handles.Loader(self.lib, conf) as loader,
+        ):
             result = self.lib.cdll.WasmEdge_LoaderParseFromBytes(
                 loader.ptr, ctypes.byref(out), data
             )
@@ -173,21 +193,33 @@ class WasmEdgeEngine:
             )
         return _handles.ASTModule(self.lib, out.value)
 
-    def _aot_compile(self, wasm: bytes, name: str, metered: bool) -> bytes:
-        """The module with native code in a custom section, from the cache if there."""
+    def _aot_compile(self, wasm: bytes, name: str, metered: bool) -> tuple[bytes, bool]:
+        """The module with native code in a custom section, from the cache if there, and
+        whether its loops carry our stop checks."""
         digest = hashlib.sha256(wasm).hexdigest()
-        flavour = "aot-O2-interruptible" + ("-metered" if metered else "")
-        key = cache_key(digest, "wasmedge", self.version, flavour, GUARD_VERSION)
+        keys = {
+            checked: cache_key(
+                digest,
+                "wasmedge",
+                self.version,
+                ("aot-O2-stop-checks" if checked else "aot-O2-interruptible")
+                + ("-metered" if metered else ""),
+                GUARD_VERSION,
+            )
+            for checked in ((True, False) if self._threads is not None else (False,))
+        }
         if self._cache is not None:
-            cached = self._cache.get(key)
-            if cached is not None:
-                return cached
+            for checked, key in keys.items():
+                cached = self._cache.get(key)
+                if cached is not None:
+                    return cached, checked
+        code, stop_checked = self._instrumented(wasm, name)
         # Compiling also validates; a malformed module fails here with the loader's word.
         with tempfile.TemporaryDirectory(prefix="edge-aot-") as tmp:
             out = Path(tmp) / "module.wasm"
-            data, keep = _ffi.bytes_of(guarded(wasm, name))
+            data, keep = _ffi.bytes_of(code)
             with (
-                self.configure(metered=metered) as conf,
+                self.configure(metered=metered, stop_checked=stop_checked) as conf,
                 _handles.Compiler(self.lib, conf) as compiler,
             ):
                 result = self.lib.cdll.WasmEdge_CompilerCompileFromBytes(
@@ -200,26 +232,45 @@ class WasmEdgeEngine:
                 )
             artifact = out.read_bytes()
         if self._cache is not None:
-            self._cache.put(key, artifact)
-        return artifact
+            self._cache.put(keys[stop_checked], artifact)
+        return artifact, stop_checked
+
+    def _instrumented(self, wasm: bytes, name: str) -> tuple[bytes, bool]:
+        """The module as it is compiled: guarded, with our stop checks where we can."""
+        if self._threads is None:
+            return guarded(wasm, name), False
+        try:
+            return guarded(wasm, name, stop_checks=True), True
+        except UnknownInstruction as err:
+            log.info(
+                "module %s: %s; its deadline uses WasmEdge's interruptible code (slower)",
+                name,
+                err,
+            )
+            return guarded(wasm, name), False
 
     def close(self) -> None:
         """Stop the watchdog; the library stays loaded, as a process cannot unload it safely."""
         self.watchdog.close()
 
 
+class Loaded(NamedTuple):
+    """A validated AST, and whether its loops carry our stop checks."""
+
+    ast: _handles.ASTModule
+    stop_checked: bool
+
+
 class WasmEdgeModule:
     """A validated AST module; instances load it into VMs of their own."""
 
-    def __init__(
-        self, engine: WasmEdgeEngine, wasm: bytes, ast: _handles.ASTModule, name: str
-    ) -> None:
+    def __init__(self, engine: WasmEdgeEngine, wasm: bytes, loaded: Loaded, name: str) -> None:
         self._engine = engine
         self._wasm = wasm
         self._min_pages = memory_minimum(wasm)
-        self._asts = {False: ast}  # keyed by `metered`; the metered one made on demand
+        self._asts = {False: loaded}  # keyed by `metered`; the metered one made on demand
         self._name = name
-        self._info, self._signatures = _describe(engine.lib, ast)
+        self._info, self._signatures = _describe(engine.lib, loaded.ast)
 
     @property
     def name(self) -> str:
@@ -239,14 +290,15 @@ class WasmEdgeModule:
             )
         # Only AOT code differs when metered; the interpreter meters through its VM config.
         metered = limits.fuel is not None and self._engine.mode == "aot"
-        ast = self._asts.get(metered)
-        if ast is None:
-            ast = self._asts[metered] = self._engine.load(self._wasm, self._name, metered=metered)
-        return _Instance(self._engine, self, ast, host, wasi, limits, self._signatures)
+        loaded = self._asts.get(metered)
+        if loaded is None:
+            loaded = self._engine.load(self._wasm, self._name, metered=metered)
+            self._asts[metered] = loaded
+        return _Instance(self._engine, self, loaded, host, wasi, limits, self._signatures)
 
     def close(self) -> None:
-        for ast in self._asts.values():
-            ast.close()
+        for loaded in self._asts.values():
+            loaded.ast.close()
         self._asts = {}
 
 
@@ -330,7 +382,7 @@ class _Instance:
         self,
         engine: WasmEdgeEngine,
         module: WasmEdgeModule,
-        ast: _handles.ASTModule,
+        loaded: Loaded,
         host: Sequence[HostFunction],
         wasi: WasiSpec,
         limits: Limits,
@@ -349,29 +401,41 @@ class _Instance:
         self._prepared: dict[str, tuple[Any, int, Any, Any, int]] = {}
         self._keep: list[tuple[_ffi.String, bytes]] = []  # the names' buffers
         self._canceller: _handles.Async | None = None
+        self._flag: ctypes.c_int32 | None = None  # our stop checks' flag, where they are
         modules = self._host_modules([*host, HostFunction(_INTERNAL, "nop", 0, False, _nop)])
+        conf = engine.configure(
+            limits, metered=limits.fuel is not None, stop_checked=loaded.stop_checked
+        )
         try:
-            self._vm = _handles.VM(
-                lib, engine.configure(limits, metered=limits.fuel is not None), modules
-            )
+            self._vm = _handles.VM(lib, conf, modules)
         except BaseException as err:
             unregister(self._keys)
             if isinstance(err, _handles.HostModuleRejected):
                 raise errors.InvalidModule(self._name, str(err)) from err
             raise
         try:
-            self._setup(host, wasi, ast, module.info.imports)
+            self._setup(host, wasi, loaded.ast, module.info.imports)
         except BaseException:
             self.close()
             raise
         self._stats = lib.cdll.WasmEdge_VMGetStatisticsContext(self._vm.ptr)
-        active = lib.cdll.WasmEdge_VMGetActiveModule(self._vm.ptr)
-        name, keep = _ffi.string("memory")
-        memory = lib.cdll.WasmEdge_ModuleInstanceFindMemory(active, name)
-        del keep
-        self._memory = FrameMemory(lib, memory or 0)
+        memory = self._find_memory("memory")
+        self._memory = FrameMemory(lib, memory)
         if memory:
             bind(self._keys, self._memory)
+        if loaded.stop_checked:
+            # One page that never grows: the address holds for the instance's life.
+            address = lib.cdll.WasmEdge_MemoryInstanceGetPointer(
+                self._find_memory(STOP_EXPORT), 0, 4
+            )
+            self._flag = ctypes.c_int32.from_address(address)
+
+    def _find_memory(self, name: str) -> int:
+        active = self._lib.cdll.WasmEdge_VMGetActiveModule(self._vm.ptr)
+        text, keep = _ffi.string(name)
+        memory = self._lib.cdll.WasmEdge_ModuleInstanceFindMemory(active, text)
+        del keep
+        return int(memory or 0)
 
     def _host_modules(self, host: Sequence[HostFunction]) -> list[_handles.HostModule]:
         """One host module per import module name, its functions bound to our trampoline."""
@@ -419,6 +483,9 @@ class _Instance:
 
     def _stop(self) -> None:
         """Stop the running call; on the watchdog's thread, under its lock."""
+        if self._flag is not None:
+            self._flag.value = 1
+            return
         if self._canceller is None:
             self._canceller = self._make_canceller()
         self._lib.cdll.WasmEdge_AsyncCancel(self._canceller.ptr)
@@ -495,13 +562,17 @@ class _Instance:
             result = self._execute(self._vm.ptr, name, params, nparams, returns, nret)
         finally:
             fired = deadline is not None and self._watchdog.finish(id(self))
-            if fired and result & 0xFFFFFF != _ffi.INTERRUPTED:
+            if fired and self._flag is not None:
+                self._flag.value = 0
+            elif fired and result & 0xFFFFFF != _ffi.INTERRUPTED:
                 self._clear_stop()
             self._memory.changed()
             self._flush_output()
         error = self._slot.take()
         if error is not None:
             raise error
+        if result and fired and self._flag is not None:
+            result = _ffi.INTERRUPTED  # our stop check's trap
         if result:
             raise self._call_error(result)
         return int(returns[0].Value[0] & 0xFFFFFFFF) if nret else None

@@ -161,6 +161,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "WasmEdge_ConfigureCompilerSetOptimizationLevel": (None, [c_void_p, c_int32]),
     "WasmEdge_ConfigureCompilerSetOutputFormat": (None, [c_void_p, c_int32]),
     "WasmEdge_ConfigureCompilerSetInterruptible": (None, [c_void_p, c_bool]),
+    "WasmEdge_ConfigureAddProposal": (None, [c_void_p, c_int32]),
     "WasmEdge_LoaderCreate": (c_void_p, [c_void_p]),
     "WasmEdge_LoaderDelete": (None, [c_void_p]),
     "WasmEdge_LoaderParseFromBytes": (Result, [c_void_p, POINTER(c_void_p), Bytes]),
