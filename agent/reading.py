@@ -82,6 +82,8 @@ class Reading:
             raise ValueError(f"a reading must be a JSON object, got {type(doc).__name__}")
         device = _field(doc, "device", str)
         ts = float(_field(doc, "ts", (int, float)))
+        if isinstance(doc["ts"], bool) or not math.isfinite(ts):
+            raise ValueError(f"'ts' must be a finite number of seconds, got {doc['ts']!r}")
         seq = _field(doc, "seq", int)
         if isinstance(seq, bool) or seq < 0:
             raise ValueError(f"'seq' must be a non-negative integer, got {seq!r}")
@@ -94,7 +96,7 @@ class Reading:
                 isinstance(v, float) and not math.isfinite(v)
             ):
                 raise ValueError(f"values.{name}.value must be a finite number, bool or string")
-            values[name] = Value(v, raw.get("unit"), _quality(raw, f"values.{name}"))
+            values[name] = Value(v, _unit(raw, f"values.{name}"), _quality(raw, f"values.{name}"))
         series = {}
         for name, raw in _field(doc, "series", dict, {}).items():
             if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
@@ -104,7 +106,7 @@ class Reading:
                 series[name] = Series.pack(
                     dtype,
                     raw["data"],
-                    unit=raw.get("unit"),
+                    unit=_unit(raw, f"series.{name}"),
                     quality=_quality(raw, f"series.{name}"),
                 )
             except (struct.error, ValueError) as err:
@@ -121,6 +123,13 @@ def _field(doc: dict[str, Any], key: str, kind: Any, default: Any = ...) -> Any:
     if not isinstance(value, kind):
         raise ValueError(f"{key!r} has the wrong type: {value!r}")
     return value
+
+
+def _unit(raw: dict[str, Any], where: str) -> str | None:
+    unit = raw.get("unit")
+    if unit is not None and not isinstance(unit, str):
+        raise ValueError(f"{where}.unit must be a string, got {unit!r}")
+    return unit
 
 
 def _quality(raw: dict[str, Any], where: str) -> Quality:

@@ -118,10 +118,12 @@ def predict(params: list[np.ndarray], x: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-(h @ w2.T + b2))))[:, 0]
 
 
-def tflite_model(params: list[np.ndarray]) -> bytes:
+def tflite_model(params: list[np.ndarray], *, dynamic_batch: bool = False) -> bytes:
     """FULLY_CONNECTED (ReLU) -> FULLY_CONNECTED -> LOGISTIC, float32, [1, 12] -> [1, 1].
 
     The hidden width is the first layer's (`HIDDEN` for the anomaly model).
+    `dynamic_batch` marks the batch dimension -1 in the shape signatures: the tests
+    check that the agent refuses such a model.
     """
     hidden = len(params[1])
     b = flatbuffers.Builder(4096)
@@ -167,8 +169,12 @@ def tflite_model(params: list[np.ndarray]) -> bytes:
     for name, shape, buffer in specs:
         name_offset = b.CreateString(name)
         shape_offset = ints(shape)
+        dynamic = dynamic_batch and buffer == 0
+        signature_offset = ints([-1, *shape[1:]]) if dynamic else None
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape_offset)
+        if signature_offset is not None:
+            tfl.TensorAddShapeSignature(b, signature_offset)
         tfl.TensorAddType(b, tfl.TensorType.FLOAT32)
         tfl.TensorAddBuffer(b, buffer)
         tfl.TensorAddName(b, name_offset)

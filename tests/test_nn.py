@@ -363,7 +363,12 @@ def test_contexts_and_graphs_are_bounded_per_instance(
 def test_model_set_reports_bad_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.tflite"
     garbage.write_bytes(b"TFL3 but not really" * 10)
+    rng = np.random.default_rng(1)
+    params = [rng.normal(0, 0.1, (16, 12)), np.zeros(16), rng.normal(0, 0.1, (1, 16)), np.zeros(1)]
+    dynamic = tmp_path / "dynamic.tflite"  # tensors that move inside invoke(): refused
+    dynamic.write_bytes(make_model().tflite_model(params, dynamic_batch=True))
     cases: list[tuple[dict[str, Any], str, dict[str, Any]]] = [
+        ({"m": dynamic}, r"'m' has a dynamic shape \(tensor 'features': \[-1, 12\]\)", {}),
         ({"m": tmp_path / "absent.tflite"}, "cannot read .*absent.tflite", {}),
         ({"m": garbage}, "'m' is not a usable TFLite model", {}),
         ({"m": MODEL}, "larger than 100 bytes", {"max_bytes": 100}),

@@ -13,7 +13,7 @@ import wasmtime
 from agent.errors import InvalidModule
 from agent.wasm._binary import u32
 from agent.wasm._stackguard import guarded, instrument
-from agent.wasm._stopcheck import STOP_EXPORT, UnknownInstruction, checked_body, stop_check
+from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
 
 from .conftest import DIST
 
@@ -152,12 +152,26 @@ def test_setting_the_flag_stops_a_running_loop() -> None:
     assert call(store, inst, "nested", 3) == 9  # cleared, the instance goes on
 
 
+def test_modules_our_checks_could_not_stop_are_named() -> None:
+    waits = bytes(
+        wasmtime.wat2wasm(
+            """(module (memory 1 1 shared)
+              (func (drop (memory.atomic.wait32 (i32.const 0) (i32.const 0) (i64.const -1)))))"""
+        )
+    )
+    with pytest.raises(Uncheckable, match=r"memory\.atomic\.wait"):
+        instrument(waits, stop_checks=True)
+    no_memory = bytes(wasmtime.wat2wasm("(module (func (loop $l (br $l))))"))
+    with pytest.raises(Uncheckable, match="no memory of its own"):
+        instrument(no_memory, stop_checks=True)
+
+
 def test_unknown_instructions_are_named_not_guessed() -> None:
     gc_opcode = b"\x00" + b"\xfb\x01\x00" + b"\x0b"  # no locals; a GC prefix opcode
-    with pytest.raises(UnknownInstruction, match="0xfb"):
+    with pytest.raises(Uncheckable, match="0xfb"):
         checked_body(u32(len(gc_opcode)) + gc_opcode, stop_check(0))
     bad_simd = b"\x00" + b"\xfd" + u32(0x200) + b"\x0b"
-    with pytest.raises(UnknownInstruction, match="0xfd 512"):
+    with pytest.raises(Uncheckable, match="0xfd 512"):
         checked_body(u32(len(bad_simd)) + bad_simd, stop_check(0))
 
 

@@ -30,3 +30,22 @@ def test_ticks_only_while_entered_and_wakes_after_idling() -> None:
         started = time.monotonic()
         ticker.close()
         assert time.monotonic() - started < 1.0
+
+
+def test_a_failing_tick_does_not_stop_the_ticks_after_it() -> None:
+    ticks: list[int] = []
+    again = threading.Event()
+
+    def tick() -> None:
+        ticks.append(1)
+        if len(ticks) == 1:
+            raise RuntimeError("the first tick fails")
+        again.set()
+
+    ticker = Ticker("test-ticker", 0.001, tick)
+    try:
+        ticker.enter()
+        assert wait_for(again), "ticking stopped after a failed tick"
+    finally:
+        ticker.leave()
+        ticker.close()

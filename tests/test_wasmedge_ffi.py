@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,30 @@ def test_aot_deadlines_hold_with_our_checks_and_without(gc: bool, tmp_path: Path
         compiled.close()
         aot.close()
     assert len(list(tmp_path.glob("*.bin"))) == 1
+
+
+def test_an_overrun_call_that_fails_otherwise_keeps_its_own_error(tmp_path: Path) -> None:
+    """The watchdog fires during a slow host call; the guest then exits. That is an
+    exit, not a missed deadline: only our stop check's trap becomes a timeout."""
+    aot = WasmEdgeEngine(find_library(), cache_dir=tmp_path, aot=True)
+    wasm = wasmtime.wat2wasm(
+        """(module
+          (import "host" "slow" (func $slow))
+          (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+          (memory (export "memory") 1)
+          (func (export "run") (call $slow) (call $exit (i32.const 3))))"""
+    )
+
+    def slow(_memory: object) -> None:
+        time.sleep(0.15)
+
+    compiled = aot.compile(bytes(wasm), "exiter")
+    inst = compiled.instantiate(
+        [HostFunction("host", "slow", 0, False, slow)], WasiSpec(), Limits(deadline_ms=50)
+    )
+    with pytest.raises(errors.ModuleExit) as caught:
+        inst.call("run")
+    assert caught.value.code == 3
+    inst.close()
+    compiled.close()
+    aot.close()

@@ -40,6 +40,8 @@ class _Client(aiomqtt.Client):
     async def __aenter__(self) -> Self:
         try:
             return await super().__aenter__()
+        except aiomqtt.MqttReentrantError:
+            raise  # connected already, and staying so
         except BaseException:
             self._client._sock_close()
             raise

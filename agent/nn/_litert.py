@@ -52,6 +52,16 @@ class LiteRTModel:
         self.content = bytes(content)
         self.name = name
         interpreter = self._interpreter()
+        details = [*interpreter.get_input_details(), *interpreter.get_output_details()]
+        for detail in details:
+            signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+            if any(d < 0 for d in signature):
+                # Dynamic tensors move and resize inside invoke(): the copies below
+                # rely on buffers fixed once allocated.
+                raise ModelError(
+                    f"model {name!r} has a dynamic shape (tensor {detail['name']!r}: "
+                    f"{signature}); only models with fixed shapes are served"
+                )
         self.inputs = tuple(_spec(d) for d in interpreter.get_input_details())
         self.outputs = tuple(_spec(d) for d in interpreter.get_output_details())
 
@@ -104,7 +114,10 @@ class LiteRTExecution:
 
 
 def _address(interpreter: Any, spec: TensorSpec) -> int:
-    return int(interpreter.tensor(spec.index)().ctypes.data)
+    address = int(interpreter.tensor(spec.index)().ctypes.data)
+    if not address:  # no buffer: nothing LiteRT allocated up front
+        raise ModelError(f"tensor {spec.index} of the model has no buffer of its own")
+    return address
 
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:

@@ -26,7 +26,7 @@ from agent.wasm._binary import (
     valtype,
     vec,
 )
-from agent.wasm._stopcheck import STOP_EXPORT, UnknownInstruction, checked_body, stop_check
+from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
 
 DEFAULT_MAX_DEPTH = 5000
 GUARD_VERSION = f"stackguard-1-{DEFAULT_MAX_DEPTH}"
@@ -178,6 +178,8 @@ def instrument(
     if stop_checks:
         memory_count, memory_entries = _counted(payloads.get(5, EMPTY_VEC), "section 5")
         flag = imported_memories + memory_count  # the new memory comes after all others
+        if flag == 0:
+            raise Uncheckable("no memory of its own: the flag's would become its memory 0")
         check = stop_check(flag)
         bodies = [checked_body(body, check) for body in bodies]
         new[5] = u32(memory_count + 1) + memory_entries + b"\x01\x01\x01"  # 1 page, max 1
@@ -211,10 +213,10 @@ def memory_minimum(wasm: bytes) -> int:
 
 def guarded(wasm: bytes, name: str, *, stop_checks: bool = False) -> bytes:
     """`instrument`, with malformed input reported as the module's fault; with
-    `stop_checks`, `UnknownInstruction` is left to the caller, whose module is fine."""
+    `stop_checks`, `Uncheckable` is left to the caller, whose module is fine."""
     try:
         return instrument(wasm, stop_checks=stop_checks)
-    except UnknownInstruction:
+    except Uncheckable:
         raise
     except ValueError as err:
         raise InvalidModule(name, f"is not a valid WebAssembly module: {err}") from err

@@ -7,9 +7,10 @@ memory of its own, which the module's code cannot address (multi-memory), with a
 atomic load so the compiler cannot hoist it out of the loop: about 0.3 ns. The
 watchdog stops a call by setting the flag; the loop then traps. A loop is the only
 way code runs unbounded (the stack guard bounds recursion), so every runaway call
-meets a check. Finding the loops means decoding every instruction: a module with
-instructions this decoder does not know raises `UnknownInstruction`, and keeps
-WasmEdge's own checks.
+meets a check. Finding the loops means decoding every instruction. `Uncheckable`
+leaves WasmEdge's own checks to a module with instructions this decoder does not know,
+with an atomic wait (which only WasmEdge's stop token ends), or without a memory (the
+flag's would become its memory 0, which host functions and WASI use).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ STOP_EXPORT = "__edge_stop"
 """The flag's memory: an i32 at address 0, non-zero to stop."""
 
 
-class UnknownInstruction(ValueError):
-    """An instruction the decoder does not know (e.g. from the GC proposal)."""
+class Uncheckable(ValueError):
+    """Our checks could not stop this module; the message says why."""
 
 
 def stop_check(memory: int) -> bytes:
@@ -57,7 +58,7 @@ def checked_body(entry: bytes, check: bytes) -> bytes:
 def _skip_immediates(opcode: int, r: Reader) -> None:
     skip = _IMMEDIATES.get(opcode)
     if skip is None:
-        raise UnknownInstruction(f"opcode 0x{opcode:02x}")
+        raise Uncheckable(f"unknown opcode 0x{opcode:02x}")
     skip(r)
 
 
@@ -89,7 +90,7 @@ def _try_table(r: Reader) -> None:
     for _ in range(r.u32()):
         kind = r.u8()
         if kind > 3:
-            raise UnknownInstruction(f"try_table catch kind {kind}")
+            raise Uncheckable(f"unknown try_table catch kind {kind}")
         if kind < 2:
             r.u32()  # the tag
         r.u32()  # the label
@@ -103,7 +104,7 @@ _MISC |= {15: 1, 16: 1, 17: 1}
 def _misc(r: Reader) -> None:
     sub = r.u32()
     if sub not in _MISC:
-        raise UnknownInstruction(f"opcode 0xfc {sub}")
+        raise Uncheckable(f"unknown opcode 0xfc {sub}")
     for _ in range(_MISC[sub]):
         r.u32()
 
@@ -111,7 +112,7 @@ def _misc(r: Reader) -> None:
 def _simd(r: Reader) -> None:
     sub = r.u32()
     if sub > 0x113:  # past relaxed SIMD
-        raise UnknownInstruction(f"opcode 0xfd {sub}")
+        raise Uncheckable(f"unknown opcode 0xfd {sub}")
     if sub < 0x0C or sub in (0x5C, 0x5D):  # loads and stores
         _memarg(r)
     elif 0x54 <= sub < 0x5C:  # lane loads and stores
@@ -125,12 +126,14 @@ def _simd(r: Reader) -> None:
 
 def _atomic(r: Reader) -> None:
     sub = r.u32()
+    if sub in (0x01, 0x02):
+        raise Uncheckable("memory.atomic.wait, which only WasmEdge's stop token interrupts")
     if sub == 0x03:  # atomic.fence
         r.u8()
-    elif sub < 0x03 or 0x10 <= sub < 0x4F:
+    elif sub == 0x00 or 0x10 <= sub < 0x4F:
         _memarg(r)
     else:
-        raise UnknownInstruction(f"opcode 0xfe {sub}")
+        raise Uncheckable(f"unknown opcode 0xfe {sub}")
 
 
 def _block_type(r: Reader) -> None:

@@ -9,9 +9,12 @@ it is idle, not on every call.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class Ticker:
@@ -36,9 +39,12 @@ class Ticker:
                     self._wake.clear()
             if self._idle:
                 self._wake.wait()
-            else:
+                continue
+            try:
                 self._on_tick()
-                time.sleep(self.interval_s)
+            except Exception:  # one failed tick must not end every deadline after it
+                log.exception("%s: a tick failed", self._thread.name)
+            time.sleep(self.interval_s)
 
     def enter(self) -> None:
         with self._lock:

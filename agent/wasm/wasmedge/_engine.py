@@ -40,7 +40,7 @@ from agent.wasm._api import (
 )
 from agent.wasm._cache import CompileCache, cache_key
 from agent.wasm._stackguard import GUARD_VERSION, guarded, memory_minimum
-from agent.wasm._stopcheck import STOP_EXPORT, UnknownInstruction
+from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable
 from agent.wasm._ticker import Ticker
 from agent.wasm.wasmedge import _ffi, _handles
 from agent.wasm.wasmedge._callbacks import (
@@ -197,16 +197,22 @@ class WasmEdgeEngine:
         """The module with native code in a custom section, from the cache if there, and
         whether its loops carry our stop checks."""
         digest = hashlib.sha256(wasm).hexdigest()
+        # Where our checks are possible, a module without them is one they cannot
+        # stop: its own flavour, so code cached before they existed is not reused.
+        flavours = (
+            {True: "aot-O2-stop-checks", False: "aot-O2-interruptible-uncheckable"}
+            if self._threads is not None
+            else {False: "aot-O2-interruptible"}
+        )
         keys = {
             checked: cache_key(
                 digest,
                 "wasmedge",
                 self.version,
-                ("aot-O2-stop-checks" if checked else "aot-O2-interruptible")
-                + ("-metered" if metered else ""),
+                flavour + ("-metered" if metered else ""),
                 GUARD_VERSION,
             )
-            for checked in ((True, False) if self._threads is not None else (False,))
+            for checked, flavour in flavours.items()
         }
         if self._cache is not None:
             for checked, key in keys.items():
@@ -241,7 +247,7 @@ class WasmEdgeEngine:
             return guarded(wasm, name), False
         try:
             return guarded(wasm, name, stop_checks=True), True
-        except UnknownInstruction as err:
+        except Uncheckable as err:
             log.info(
                 "module %s: %s; its deadline uses WasmEdge's interruptible code (slower)",
                 name,
@@ -571,7 +577,7 @@ class _Instance:
         error = self._slot.take()
         if error is not None:
             raise error
-        if result and fired and self._flag is not None:
+        if fired and self._flag is not None and result & 0xFFFFFF == _ffi.UNREACHABLE:
             result = _ffi.INTERRUPTED  # our stop check's trap
         if result:
             raise self._call_error(result)
