@@ -9,7 +9,7 @@ two adapters' trampolines identical in behaviour.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -88,7 +88,6 @@ class ModuleInfo:
 
     imports: frozenset[tuple[str, str]]
     exported_functions: frozenset[str]
-    exported_memories: frozenset[str] = field(default=frozenset())
 
 
 class Instance(Protocol):

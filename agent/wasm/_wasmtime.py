@@ -217,8 +217,7 @@ class WasmtimeModule:
         imports = frozenset((imp.module, imp.name or "") for imp in module.imports)
         exports = [(e.name, e.type) for e in module.exports]
         self._types = {n: t for n, t in exports if isinstance(t, wasmtime.FuncType)}
-        mems = frozenset(n for n, t in exports if isinstance(t, wasmtime.MemoryType))
-        self._info = ModuleInfo(imports, frozenset(self._types), mems)
+        self._info = ModuleInfo(imports, frozenset(self._types))
         self._signatures: dict[str, tuple[int, bool]] = {}
 
     def signature(self, function: str) -> tuple[int, bool]:

@@ -327,7 +327,6 @@ def _describe(
     items = (ctypes.c_void_p * max(n, 1))()
     c.WasmEdge_ASTModuleListExports(ast.ptr, items, n)
     signatures: dict[str, tuple[int, int]] = {}
-    memories: set[str] = set()
     for i in range(n):
         kind = c.WasmEdge_ExportTypeGetExternalType(items[i])
         export = _ffi.read_string(c.WasmEdge_ExportTypeGetExternalName(items[i]))
@@ -337,9 +336,7 @@ def _describe(
                 c.WasmEdge_FunctionTypeGetParametersLength(ftype),
                 c.WasmEdge_FunctionTypeGetReturnsLength(ftype),
             )
-        elif kind == _ffi.EXTERNAL_MEMORY:
-            memories.add(export)
-    return ModuleInfo(imports, frozenset(signatures), frozenset(memories)), signatures
+    return ModuleInfo(imports, frozenset(signatures)), signatures
 
 
 class _Stdio:
