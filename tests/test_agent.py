@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from agent.config import AgentConfig, load_config
 from agent.control import fetch_status
+from agent.demo._run import refresh_modules
 from agent.demo._setup import prepare
 from agent.runtime import Agent
 from agent.sim import PumpDevice, PumpModel, SimServer
@@ -258,9 +260,8 @@ def test_status_exits_non_zero_while_a_device_is_offline(node: Node) -> None:
     assert any("pump-1" in reason for reason in snapshot["health"]["reasons"])  # type: ignore[index]
 
 
-def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
-    """The README's first command, on free ports and a scratch directory. On wasmtime:
-    WasmEdge's first AOT compilation of three modules would take most of the run."""
+def demo_config(tmp_path: Path) -> Path:
+    """config/demo.toml on free ports, a scratch directory and wasmtime."""
     demo = (REPO / "config" / "demo.toml").read_text()
     for old, new in (
         ('kind = "auto"', 'kind = "wasmtime"'),
@@ -273,6 +274,13 @@ def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
         demo = demo.replace(old, new)
     config = tmp_path / "demo.toml"
     config.write_text(demo)
+    return config
+
+
+def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
+    """The README's first command, on free ports and a scratch directory. On wasmtime:
+    WasmEdge's first AOT compilation of three modules would take most of the run."""
+    config = demo_config(tmp_path)
     result = subprocess.run(
         [
             sys.executable,
@@ -297,6 +305,24 @@ def test_the_demo_shows_readings_and_module_outputs(tmp_path: Path) -> None:
     assert "edge/demo/scaled" in topics
     assert "edge/demo/stats" in topics
     assert (tmp_path / "demo" / "keys" / "cosign.pub").exists()
+
+
+def test_the_demo_starts_afresh_when_a_bundled_module_changed(tmp_path: Path) -> None:
+    """A rebuilt module keeps its version number, which the supply refuses to swap in
+    place; the demo's disposable state is cleared so the new build runs."""
+    config = load_config(demo_config(tmp_path))
+    modules = tmp_path / "modules"
+    shutil.copytree(REPO / "modules", modules)
+    state = config.node.state_dir
+    asyncio.run(refresh_modules(config, modules))
+    state.mkdir(parents=True)
+    (state / "kept").write_text("")
+    asyncio.run(refresh_modules(config, modules))  # unchanged: the state stays
+    assert (state / "kept").exists()
+    package = modules / "scale" / "module.toml"
+    package.write_text(package.read_text().replace("deadline_ms = 200", "deadline_ms = 250"))
+    asyncio.run(refresh_modules(config, modules))
+    assert not state.exists()
 
 
 def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_bad_one(node: Node) -> None:

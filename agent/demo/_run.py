@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -49,7 +50,7 @@ def demo(args: argparse.Namespace) -> int:
 
 async def run_demo(config: AgentConfig, stop: asyncio.Event, *, plain: bool) -> None:
     """Prepare the signed modules, then run pump, agent and view until `stop`."""
-    await prepare(_keys_dir(config), _layouts(config), REPO / "modules")
+    await refresh_modules(config, REPO / "modules")
     device = _pump_device(config)
     pump = PumpDevice(PumpModel(fault_rate_per_h=20.0))
     asyncio.get_running_loop().call_later(FIRST_FAULT_S, pump.model.inject, "bearing")
@@ -66,6 +67,16 @@ async def run_demo(config: AgentConfig, stop: asyncio.Event, *, plain: bool) -> 
                 await show
             stop.set()
             await agent_task
+
+
+async def refresh_modules(config: AgentConfig, modules: Path) -> None:
+    """Package and sign the bundled modules. One rebuilt since the last run keeps its
+    version number, which the supply rightly refuses to swap in place: the demo's
+    state, disposable, then starts afresh so the new build is the one that runs."""
+    state = config.node.state_dir
+    if await prepare(_keys_dir(config), _layouts(config), modules) and state.exists():
+        shutil.rmtree(state)
+        log.info("bundled modules changed: the demo's state in %s starts afresh", state)
 
 
 async def _show(config: AgentConfig, view: DemoView, plain: bool) -> None:

@@ -35,11 +35,13 @@ from agent.supply import (
 log = logging.getLogger(__name__)
 
 
-async def prepare(keys: Path, layouts: Mapping[str, Path], modules: Path) -> None:
+async def prepare(keys: Path, layouts: Mapping[str, Path], modules: Path) -> bool:
     """Make the key if needed, then package each module into its layout and sign it
-    unless the demo key has signed that digest already."""
+    unless the demo key has signed that digest already. True when any module was
+    signed now: it is new, or it changed since the last run."""
     private = _demo_key(keys)
     trusted = trusted_keys((keys / "cosign.pub",))
+    signed_now = False
     for name, layout in layouts.items():
         # A fixed date: unchanged modules keep their digest, so a second run of the
         # demo finds them already active instead of refusing a same-version swap.
@@ -48,6 +50,8 @@ async def prepare(keys: Path, layouts: Mapping[str, Path], modules: Path) -> Non
         if not await _signed(ref, trusted):
             await sign_reference(ref, private, SupplyConfig())
             log.info("demo module %s signed: %s", name, packaged.digest)
+            signed_now = True
+    return signed_now
 
 
 async def _signed(ref: Reference, trusted: list[PublicKey]) -> bool:
