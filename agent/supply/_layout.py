@@ -11,8 +11,8 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from agent._atomic import write_bytes
 from agent.errors import ArtifactNotFound, PackageError
-from agent.supply._atomic import write_bytes
 from agent.supply._oci import (
     REF_NAME,
     Descriptor,

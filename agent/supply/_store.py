@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._atomic import write_bytes, write_stream
 from agent.errors import DigestMismatch
-from agent.supply._atomic import write_bytes, write_stream
 from agent.supply._manifest import ModuleManifest
 from agent.supply._oci import (
     MODEL_LAYER,

@@ -5,8 +5,8 @@ length and CRC-32 beside it in `<key>.sum`, and is refused when they do not matc
 torn write or a flipped bit on an SD card must cost a recompile, never a crash. A
 checksum, not a signature: whoever can write here can write what the agent runs
 anyway. The artifact stays a file of its own so that wasmtime can map it instead of
-copying it (40 us rather than 150 for a 300 KB module). Writes are atomic (temp file,
-fsync, rename), the artifact before its sum, so a power cut leaves an entry that
+copying it (40 us rather than 150 for a 300 KB module). Writes are atomic
+(`agent._atomic`), the artifact before its sum, so a power cut leaves an entry that
 checks out or one that is recompiled.
 """
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import zlib
 from pathlib import Path
+
+from agent._atomic import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,5 @@ class CompileCache:
         return self.path(key) if self.get(key) is not None else None
 
     def put(self, key: str, artifact: bytes) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write(self.path(key), artifact)
-        self._write(self._sum_path(key), _checksum(artifact).encode())
-
-    def _write(self, path: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(self.path(key), artifact)
+        write_bytes(self._sum_path(key), _checksum(artifact).encode())
