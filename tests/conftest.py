@@ -13,7 +13,7 @@ import pytest
 
 from agent.errors import EngineUnavailable
 from agent.wasm import Engine, create_engine
-from agent.wasm.wasmedge import find_library
+from agent.wasm.engines.wasmedge import find_library
 
 pytest_plugins = ["tests.brokers"]
 
@@ -25,7 +25,7 @@ def wasmedge_missing() -> str | None:
     """Why WasmEdge cannot be tested here, or None when it can."""
     try:
         path = find_library()
-        from agent.wasm.wasmedge import _ffi  # noqa: PLC0415
+        from agent.wasm.engines.wasmedge import _ffi  # noqa: PLC0415
 
         _ffi.load(path)
     except EngineUnavailable as err:

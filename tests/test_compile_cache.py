@@ -9,7 +9,7 @@ import pytest
 
 from agent.reading import Reading, Value
 from agent.wasm import ReactorModule, create_engine
-from agent.wasm._cache import CompileCache
+from agent.wasm.engines._cache import CompileCache
 
 from .conftest import module_bytes
 
@@ -65,7 +65,7 @@ def test_engines_recompile_over_a_damaged_artifact(
     expected = scaled()
     (artifact,) = tmp_path.glob("*.bin")
     flip_a_byte(artifact)
-    with caplog.at_level(logging.WARNING, logger="agent.wasm._cache"):
+    with caplog.at_level(logging.WARNING, logger="agent.wasm.engines._cache"):
         assert scaled() == expected
     assert "is damaged; recompiling" in caplog.text
     assert CompileCache(tmp_path).get(artifact.stem) is not None  # written anew

@@ -254,7 +254,7 @@ def test_memory_above_the_cap_fails_instantiation(engine: Engine) -> None:
 
 def test_closed_wasmtime_instances_release_their_host_functions() -> None:
     """Host functions live in a registry that must not keep stores alive."""
-    from agent.wasm import _wasmtime  # noqa: PLC0415
+    from agent.wasm.engines import _wasmtime  # noqa: PLC0415
 
     eng = create_engine("wasmtime")
     compiled = eng.compile(module_bytes("faulty"), "faulty")

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import wasmtime
 
-from agent.wasm._binary import Reader, s32, sections, u32
-from agent.wasm._stackguard import DEFAULT_MAX_DEPTH, RESET_EXPORT, instrument
+from agent.wasm.rewrite._binary import Reader, s32, sections, u32
+from agent.wasm.rewrite._stackguard import DEFAULT_MAX_DEPTH, RESET_EXPORT, instrument
 
 from .conftest import DIST
 

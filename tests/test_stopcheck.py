@@ -11,9 +11,9 @@ import pytest
 import wasmtime
 
 from agent.errors import InvalidModule
-from agent.wasm._binary import u32
-from agent.wasm._stackguard import guarded, instrument
-from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
+from agent.wasm.rewrite._binary import u32
+from agent.wasm.rewrite._stackguard import guarded, instrument
+from agent.wasm.rewrite._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
 
 from .conftest import DIST
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from agent.wasm._ticker import Ticker
+from agent.wasm.engines._ticker import Ticker
 
 
 def wait_for(condition: threading.Event, timeout: float = 2.0) -> bool:

@@ -13,7 +13,7 @@ import wasmtime
 from agent import errors
 from agent.errors import EngineUnavailable
 from agent.wasm import HostFunction, Limits, WasiSpec
-from agent.wasm.wasmedge import WasmEdgeEngine, _ffi, _handles, find_library
+from agent.wasm.engines.wasmedge import WasmEdgeEngine, _ffi, _handles, find_library
 
 from .conftest import wasmedge_missing
 

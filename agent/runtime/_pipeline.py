@@ -21,8 +21,7 @@ from typing import Protocol
 from agent.errors import ModuleError
 from agent.reading import Reading
 from agent.runtime._host import ModuleHost, ModuleStats
-from agent.wasm import Message
-from agent.wasm._guest import encode_reading_line
+from agent.wasm import Message, encode_reading_line
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,17 @@ from agent.wasm._api import (
     Preopen,
     WasiSpec,
 )
-from agent.wasm._guest import (
+from agent.wasm.engines import EngineChoice, EngineFound, create_engine, find_engines
+from agent.wasm.guest import (
     ABI_VERSION,
     Message,
     ReactorModule,
     encode_reading,
+    encode_reading_line,
     run_command,
     topic_allowed,
     topic_error,
 )
-from agent.wasm._select import EngineChoice, EngineFound, create_engine, find_engines
 
 __all__ = [
     "ABI_VERSION",
@@ -39,6 +40,7 @@ __all__ = [
     "WasiSpec",
     "create_engine",
     "encode_reading",
+    "encode_reading_line",
     "find_engines",
     "run_command",
     "topic_allowed",

@@ -33,10 +33,10 @@ from agent.wasm._api import (
     ModuleInfo,
     WasiSpec,
 )
-from agent.wasm._cache import CompileCache, cache_key
-from agent.wasm._memory import CachedMemory
-from agent.wasm._stackguard import GUARD_VERSION, guarded
-from agent.wasm._ticker import Ticker
+from agent.wasm.engines._cache import CompileCache, cache_key
+from agent.wasm.engines._memory import CachedMemory
+from agent.wasm.engines._ticker import Ticker
+from agent.wasm.rewrite import GUARD_VERSION, guarded
 
 log = logging.getLogger(__name__)
 

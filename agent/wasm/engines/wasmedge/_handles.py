@@ -14,8 +14,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from agent.errors import EngineUnavailable
-from agent.wasm.wasmedge import _ffi
-from agent.wasm.wasmedge._callbacks import TRAMPOLINE
+from agent.wasm.engines.wasmedge import _ffi
+from agent.wasm.engines.wasmedge._callbacks import TRAMPOLINE
 
 
 class ClosedHandle(RuntimeError):

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 
 from agent.wasm._api import PAGE_SIZE
-from agent.wasm._memory import CachedMemory
-from agent.wasm.wasmedge import _ffi
+from agent.wasm.engines._memory import CachedMemory
+from agent.wasm.engines.wasmedge import _ffi
 
 HOST_FAILED = _ffi.USER_ERROR | 1
 

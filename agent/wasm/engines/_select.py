@@ -32,8 +32,8 @@ class EngineFound:
 def find_engines(wasmedge_lib: Path | None = None) -> tuple[EngineFound, EngineFound]:
     """WasmEdge and wasmtime as `create_engine` would find them: `auto` takes WasmEdge
     exactly when its `absent` is None."""
-    from agent.wasm._wasmtime import wasmtime_version  # noqa: PLC0415
-    from agent.wasm.wasmedge import find_library, load_library  # noqa: PLC0415
+    from agent.wasm.engines._wasmtime import wasmtime_version  # noqa: PLC0415
+    from agent.wasm.engines.wasmedge import find_library, load_library  # noqa: PLC0415
 
     try:
         path = find_library(wasmedge_lib)
@@ -57,7 +57,7 @@ def create_engine(
     `aot` lets WasmEdge compile ahead of time where its library has the compiler.
     """
     if choice in ("auto", "wasmedge"):
-        from agent.wasm.wasmedge import WasmEdgeEngine, find_library  # noqa: PLC0415
+        from agent.wasm.engines.wasmedge import WasmEdgeEngine, find_library  # noqa: PLC0415
 
         try:
             path = find_library(wasmedge_lib)
@@ -75,7 +75,7 @@ def create_engine(
                 "asked for" if choice == "wasmedge" else "found its library",
             )
             return engine
-    from agent.wasm._wasmtime import WasmtimeEngine  # noqa: PLC0415
+    from agent.wasm.engines._wasmtime import WasmtimeEngine  # noqa: PLC0415
 
     engine = WasmtimeEngine(cache_dir=cache_dir)
     if choice == "wasmtime":

@@ -38,18 +38,17 @@ from agent.wasm._api import (
     ModuleInfo,
     WasiSpec,
 )
-from agent.wasm._cache import CompileCache, cache_key
-from agent.wasm._stackguard import GUARD_VERSION, guarded, memory_minimum
-from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable
-from agent.wasm._ticker import Ticker
-from agent.wasm.wasmedge import _ffi, _handles
-from agent.wasm.wasmedge._callbacks import (
+from agent.wasm.engines._cache import CompileCache, cache_key
+from agent.wasm.engines._ticker import Ticker
+from agent.wasm.engines.wasmedge import _ffi, _handles
+from agent.wasm.engines.wasmedge._callbacks import (
     ErrorSlot,
     FrameMemory,
     bind,
     register,
     unregister,
 )
+from agent.wasm.rewrite import GUARD_VERSION, STOP_EXPORT, Uncheckable, guarded, memory_minimum
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.wasm._binary import SHORT_VALTYPES, Reader, u32, valtype
+from agent.wasm.rewrite._binary import SHORT_VALTYPES, Reader, u32, valtype
 
 STOP_EXPORT = "__edge_stop"
 """The flag's memory: an i32 at address 0, non-zero to stop."""

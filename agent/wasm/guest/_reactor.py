@@ -24,7 +24,7 @@ from agent.wasm._api import (
     Limits,
     WasiSpec,
 )
-from agent.wasm._stackguard import DEFAULT_MAX_DEPTH, RESET_EXPORT
+from agent.wasm.rewrite import DEFAULT_MAX_DEPTH, RESET_EXPORT
 
 ABI_VERSION = 1
 MAX_TOPIC_BYTES = 128

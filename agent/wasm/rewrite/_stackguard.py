@@ -14,7 +14,7 @@ limit means the guard fired) and zeroes it, since a trap leaves the count unbala
 from __future__ import annotations
 
 from agent.errors import InvalidModule
-from agent.wasm._binary import (
+from agent.wasm.rewrite._binary import (
     EMPTY_VEC,
     HEADER,
     ORDER,
@@ -26,7 +26,7 @@ from agent.wasm._binary import (
     valtype,
     vec,
 )
-from agent.wasm._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
+from agent.wasm.rewrite._stopcheck import STOP_EXPORT, Uncheckable, checked_body, stop_check
 
 DEFAULT_MAX_DEPTH = 5000
 GUARD_VERSION = f"stackguard-1-{DEFAULT_MAX_DEPTH}"

@@ -1,0 +1,24 @@
+"""Guest ABI version 1 (modules/README.md): what a module is handed and may do, on any
+engine."""
+
+from agent.wasm.guest._reactor import (
+    ABI_VERSION,
+    Message,
+    ReactorModule,
+    encode_reading,
+    encode_reading_line,
+    run_command,
+    topic_allowed,
+    topic_error,
+)
+
+__all__ = [
+    "ABI_VERSION",
+    "Message",
+    "ReactorModule",
+    "encode_reading",
+    "encode_reading_line",
+    "run_command",
+    "topic_allowed",
+    "topic_error",
+]
