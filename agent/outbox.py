@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, Self
 
 from agent.errors import OutboxError
+from agent.topics import name_error
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,9 @@ class Outgoing:
     """Sent as the MQTT 5 content-type property; ignored on MQTT 3.1.1."""
 
     def __post_init__(self) -> None:
-        if not self.topic or "+" in self.topic or "#" in self.topic or "\x00" in self.topic:
-            raise ValueError(
-                f"outbox topic {self.topic!r} must be non-empty, without wildcards or NUL"
-            )
+        problem = name_error(self.topic)
+        if problem is not None:
+            raise ValueError(f"outbox topic {self.topic!r} {problem}")
         if self.qos not in (0, 1):
             raise ValueError(f"outbox qos must be 0 or 1, got {self.qos!r}")
         if not isinstance(self.payload, bytes):
@@ -333,8 +333,10 @@ class Outbox:
         if limits.max_age_s is not None and now >= self._next_age_check:
             cutoff = now - limits.max_age_s
             self._next_age_check = now + min(1.0, limits.max_age_s / 10)
-        if cutoff is None and self._depth <= limits.max_messages and (
-            self._bytes <= limits.max_bytes
+        if (
+            cutoff is None
+            and self._depth <= limits.max_messages
+            and (self._bytes <= limits.max_bytes)
         ):
             return {}
         dropped = dict.fromkeys(DROP_REASONS, 0)

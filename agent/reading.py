@@ -6,6 +6,7 @@ guest: turning a thousand samples into text and back costs more than the computa
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Mapping
@@ -113,6 +114,22 @@ class Reading:
                 raise ValueError(f"series.{name}: {err}") from err
         return cls(device, ts, seq, values, series)
 
+    def to_json_line(self) -> bytes:
+        """The form `from_json` reads: one line of JSON, series inline as `data` arrays."""
+        doc: dict[str, Any] = {"device": self.device, "ts": self.ts, "seq": self.seq}
+        doc["values"] = {
+            name: _compact({"value": v.value, "unit": v.unit, "quality": v.quality})
+            for name, v in self.values.items()
+        }
+        if self.series:
+            doc["series"] = {
+                name: _compact(
+                    {"type": s.dtype, "unit": s.unit, "quality": s.quality, "data": s.values()}
+                )
+                for name, s in self.series.items()
+            }
+        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
 
 def _field(doc: dict[str, Any], key: str, kind: Any, default: Any = ...) -> Any:
     if key not in doc:
@@ -137,3 +154,7 @@ def _quality(raw: dict[str, Any], where: str) -> Quality:
     if quality not in QUALITIES:
         raise ValueError(f"{where}.quality must be one of {sorted(QUALITIES)}, got {quality!r}")
     return quality  # type: ignore[no-any-return]
+
+
+def _compact(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

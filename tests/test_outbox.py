@@ -61,8 +61,8 @@ def test_a_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"topic": "a/+/b"}, "without wildcards"),
-        ({"topic": ""}, "non-empty"),
+        ({"topic": "a/+/b"}, "must not contain '\\+', '#'"),
+        ({"topic": ""}, "must be 1 to 65535 bytes"),
         ({"qos": 2}, "qos must be 0 or 1"),
     ],
 )

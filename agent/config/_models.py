@@ -24,7 +24,8 @@ from pydantic import (
 
 from agent.errors import ConfigError
 from agent.modbus._map import RegisterMap, load_register_map
-from agent.wasm import Limits, Preopen, WasiSpec, topic_allowed
+from agent.topics import matches
+from agent.wasm import Limits, Preopen, WasiSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -397,7 +398,7 @@ class MqttConfig(_Model):
 
     def qos_for(self, relative_topic: str) -> int:
         for topic_filter, qos in self.routes.items():
-            if topic_allowed(relative_topic, (topic_filter,)):
+            if matches(relative_topic, topic_filter):
                 return qos
         return self.qos
 

@@ -36,7 +36,7 @@ from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
 from agent.mqtt._client import new_client
 from agent.outbox import Message, Outbox
-from agent.wasm import topic_allowed
+from agent.topics import matches
 
 log = logging.getLogger(__name__)
 
@@ -190,9 +190,7 @@ class MqttLink:
                 # The reconnect that follows subscribes again.
                 log.debug("subscribe %s failed: %s", topic_filter, err)
 
-    async def reply(
-        self, request: Incoming, payload: bytes | str, *, fallback_topic: str
-    ) -> None:
+    async def reply(self, request: Incoming, payload: bytes | str, *, fallback_topic: str) -> None:
         """Answer a request on its MQTT 5 response topic with its correlation data, or on
         `fallback_topic`.
 
@@ -249,9 +247,7 @@ class MqttLink:
                 asyncio.create_task(self._stopped()),
             ]
             try:
-                done, _ = await asyncio.wait(
-                    [*tasks, lost], return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait([*tasks, lost], return_when=asyncio.FIRST_COMPLETED)
                 if self._stop.is_set():
                     tasks[1].cancel()
                     if self._inflight:
@@ -355,7 +351,7 @@ class MqttLink:
         async for message in client.messages:
             incoming = _incoming(message)
             for topic_filter, handler in self._handlers.items():
-                if topic_allowed(incoming.topic, (topic_filter,)):
+                if matches(incoming.topic, topic_filter):
                     task = asyncio.create_task(self._handle(topic_filter, handler, incoming))
                     self._handling.add(task)
                     task.add_done_callback(self._handling.discard)

@@ -21,7 +21,7 @@ from typing import Protocol
 from agent.errors import ModuleError
 from agent.reading import Reading
 from agent.runtime._host import ModuleHost, ModuleStats
-from agent.wasm import Message, encode_reading_line
+from agent.wasm import Message
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,7 @@ class Pipeline:
     async def on_reading(self, reading: Reading) -> None:
         """Take one device reading: publish it raw if configured, queue it for modules."""
         if self._raw:
-            await self._publish(
-                f"devices/{reading.device}", encode_reading_line(reading).rstrip(b"\n")
-            )
+            await self._publish(f"devices/{reading.device}", reading.to_json_line().rstrip(b"\n"))
         for stage in list(self._stages.values()):
             route = stage.route
             if route.after is None and (not route.devices or reading.device in route.devices):

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.config import format_errors
 from agent.errors import PackageError
 from agent.reading import Reading
-from agent.wasm import ABI_VERSION, topic_error
+from agent.topics import filter_error
+from agent.wasm import ABI_VERSION
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
@@ -45,8 +46,9 @@ class Capabilities(_Model):
     @classmethod
     def _filters(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for f in value:
-            if topic_error(f.replace("+", "x").replace("#", "x")) is not None:
-                raise ValueError(f"{f!r} is not a topic filter")
+            problem = filter_error(f)
+            if problem is not None:
+                raise ValueError(f"{f!r} is not a topic filter ({problem})")
         return value
 
 

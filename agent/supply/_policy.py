@@ -10,23 +10,13 @@ from agent.config._models import PolicyConfig
 from agent.errors import PolicyViolation
 from agent.supply._manifest import ModuleManifest
 from agent.supply._oci import MODEL_LAYER, TITLE, Manifest
-
-
-def filter_covers(allowed: str, requested: str) -> bool:
-    """Whether every topic `requested` matches is also matched by `allowed` (MQTT filters)."""
-    a, r = allowed.split("/"), requested.split("/")
-    for i, level in enumerate(a):
-        if level == "#":
-            return True
-        if i >= len(r) or r[i] == "#" or (level != "+" and level != r[i]):
-            return False
-    return len(r) == len(a)
+from agent.topics import covers
 
 
 def check_policy(module: ModuleManifest, oci: Manifest, policy: PolicyConfig) -> None:
     name = f"module {module.name!r} {module.version}"
     for f in module.capabilities.emit:
-        if not any(filter_covers(a, f) for a in policy.emit):
+        if not any(covers(a, f) for a in policy.emit):
             raise PolicyViolation(f"{name}: emit {f!r} is outside policy.emit {list(policy.emit)}")
     _check_models(name, module, oci, policy)
     _check_wasi(name, module, policy)

@@ -17,10 +17,7 @@ from agent.wasm.guest import (
     Message,
     ReactorModule,
     encode_reading,
-    encode_reading_line,
     run_command,
-    topic_allowed,
-    topic_error,
 )
 
 __all__ = [
@@ -40,9 +37,6 @@ __all__ = [
     "WasiSpec",
     "create_engine",
     "encode_reading",
-    "encode_reading_line",
     "find_engines",
     "run_command",
-    "topic_allowed",
-    "topic_error",
 ]

@@ -6,10 +6,7 @@ from agent.wasm.guest._reactor import (
     Message,
     ReactorModule,
     encode_reading,
-    encode_reading_line,
     run_command,
-    topic_allowed,
-    topic_error,
 )
 
 __all__ = [
@@ -17,8 +14,5 @@ __all__ = [
     "Message",
     "ReactorModule",
     "encode_reading",
-    "encode_reading_line",
     "run_command",
-    "topic_allowed",
-    "topic_error",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 from agent import errors
 from agent.reading import Reading
+from agent.topics import matches_any, topic_error
 from agent.wasm._api import (
     CompiledModule,
     GuestMemory,
@@ -27,7 +28,6 @@ from agent.wasm._api import (
 from agent.wasm.rewrite import DEFAULT_MAX_DEPTH, RESET_EXPORT
 
 ABI_VERSION = 1
-MAX_TOPIC_BYTES = 128
 _LOG_LEVELS = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _MAX_LOG_BYTES = 4096
 _KNOWN_TOPICS = 64
@@ -51,33 +51,6 @@ class Message:
         except ValueError:
             payload = self.payload.decode("utf-8", "replace")
         return {"topic": self.topic, "payload": payload}
-
-
-def topic_error(topic: str) -> str | None:
-    """Why `topic` is not a valid relative topic, or None when it is."""
-    if not topic or len(topic.encode()) > MAX_TOPIC_BYTES:
-        return f"must be 1 to {MAX_TOPIC_BYTES} bytes"
-    if topic.startswith("/") or topic.endswith("/") or "//" in topic:
-        return "must not start or end with '/' or contain an empty level"
-    if any(c in topic for c in "+#\0"):
-        return "must not contain '+', '#' or NUL"
-    return None
-
-
-def topic_allowed(topic: str, patterns: Iterable[str]) -> bool:
-    """MQTT-style match of a concrete topic against allowed filters (`+`, `#`)."""
-    levels = topic.split("/")
-    for pattern in patterns:
-        parts = pattern.split("/")
-        for i, part in enumerate(parts):
-            if part == "#":
-                return True
-            if i >= len(levels) or (part not in ("+", levels[i])):
-                break
-        else:
-            if len(parts) == len(levels):
-                return True
-    return False
 
 
 def encode_reading(reading: Reading) -> tuple[bytes, bytes]:
@@ -139,28 +112,6 @@ def _scalar(value: float | int | bool | str) -> str:
     if isinstance(value, str):
         return _quote(value)
     return repr(value)
-
-
-def encode_reading_line(reading: Reading) -> bytes:
-    """The command-module form: one line of JSON, series inline as `data` arrays."""
-    values = {
-        name: _compact({"value": v.value, "unit": v.unit, "quality": v.quality})
-        for name, v in reading.values.items()
-    }
-    doc: dict[str, Any] = {"device": reading.device, "ts": reading.ts, "seq": reading.seq}
-    doc["values"] = values
-    if reading.series:
-        doc["series"] = {
-            name: _compact(
-                {"type": s.dtype, "unit": s.unit, "quality": s.quality, "data": s.values()}
-            )
-            for name, s in reading.series.items()
-        }
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
-
-
-def _compact(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
 
 
 def check_imports(compiled: CompiledModule, host: Sequence[HostFunction]) -> None:
@@ -379,7 +330,7 @@ class ReactorModule:
         problem = topic_error(topic)
         if problem:
             raise errors.EmitRejected(self.name, f"emit topic {topic!r} {problem}")
-        if self._emit_topics is not None and not topic_allowed(topic, self._emit_topics):
+        if self._emit_topics is not None and not matches_any(topic, self._emit_topics):
             raise errors.EmitRejected(
                 self.name, f"may not emit to {topic!r} (allowed: {list(self._emit_topics)})"
             )
@@ -436,7 +387,7 @@ def run_command(
         args=base.args,
         env=base.env,
         dirs=base.dirs,
-        stdin=b"".join(encode_reading_line(r) for r in readings),
+        stdin=b"".join(r.to_json_line() for r in readings),
         output=output,
     )
     instance = compiled.instantiate((), spec, limits or Limits())
