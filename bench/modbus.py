@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient
 
-from agent.config._models import DeviceConfig
+from agent.config import DeviceConfig
 from agent.modbus import DevicePool
 from agent.reading import Reading
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import RegisterSpec, load_config, load_register_map
 from agent.errors import ConfigError
-from agent.modbus import ReadBlock, RegisterSpec, load_register_map, plan_reads
+from agent.modbus import ReadBlock, plan_reads
 
 REPO = Path(__file__).resolve().parent.parent
 PUMP_MAP = REPO / "config" / "devices" / "pump.toml"

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.config._models import DeviceConfig
+from agent.config import DeviceConfig
 from agent.errors import ModbusExceptionResponse, ModbusTimeout, ReadbackMismatch, WriteRefused
 from agent.modbus import DevicePool
 from agent.reading import Reading

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from agent.commands import load_public_keys
-from agent.config import AgentConfig, ModuleConfig, load_config
-from agent.config._models import DeviceConfig, SupplyConfig
+from agent.config import AgentConfig, DeviceConfig, ModuleConfig, SupplyConfig, load_config
 from agent.errors import (
     BrokerUnreachable,
     ConfigError,

@@ -24,8 +24,9 @@ from pydantic import BaseModel, ValidationError
 from agent.commands._limits import ResponseCache, TokenBucket
 from agent.commands._signing import CommandVerifier, load_public_keys
 from agent.commands._table import COMMANDS, A, Command
-from agent.config import CommandsConfig, format_errors
+from agent.config import CommandsConfig
 from agent.errors import AgentError, CommandRejected, ConfigError
+from agent.validation import format_errors
 
 log = logging.getLogger(__name__)
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import Field, StrictBool, StrictFloat, StrictInt
 
 from agent.config import NAME_PATTERN
+from agent.validation import StrictModel
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,511}$"
 
 
-class CommandArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CommandArgs(StrictModel):
+    """The arguments of one command."""
 
 
 class NoArgs(CommandArgs):

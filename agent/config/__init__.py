@@ -1,8 +1,13 @@
-"""The agent's configuration: TOML files validated once into frozen models."""
+"""The agent's configuration: TOML files validated once into frozen models.
 
-from agent.config._load import format_errors, load_config, parse_config
+Register maps (`config/devices/*.toml`) are configuration too: the poller, the codec and
+`check` read them from here.
+"""
+
+from agent.config._devices import Connection, DeviceConfig, SerialConfig
+from agent.config._fields import NAME_PATTERN
+from agent.config._load import load_config, parse_config
 from agent.config._models import (
-    NAME_PATTERN,
     AgentConfig,
     CommandsConfig,
     ControlConfig,
@@ -14,15 +19,37 @@ from agent.config._models import (
     MqttConfig,
     NodeConfig,
     OutboxConfig,
+    PipelineConfig,
+    PolicyConfig,
+    RegistryConfig,
+    RolloutConfig,
+    SupplyConfig,
     TlsConfig,
     WasiConfig,
 )
+from agent.config._registers import (
+    BIT_TABLES,
+    NUMERIC_TYPES,
+    ByteOrder,
+    DataType,
+    RegisterGroup,
+    RegisterMap,
+    RegisterSpec,
+    Table,
+    load_register_map,
+)
 
 __all__ = [
+    "BIT_TABLES",
     "NAME_PATTERN",
+    "NUMERIC_TYPES",
     "AgentConfig",
+    "ByteOrder",
     "CommandsConfig",
+    "Connection",
     "ControlConfig",
+    "DataType",
+    "DeviceConfig",
     "EngineConfig",
     "LimitsConfig",
     "LoggingConfig",
@@ -31,9 +58,19 @@ __all__ = [
     "MqttConfig",
     "NodeConfig",
     "OutboxConfig",
+    "PipelineConfig",
+    "PolicyConfig",
+    "RegisterGroup",
+    "RegisterMap",
+    "RegisterSpec",
+    "RegistryConfig",
+    "RolloutConfig",
+    "SerialConfig",
+    "SupplyConfig",
+    "Table",
     "TlsConfig",
     "WasiConfig",
-    "format_errors",
     "load_config",
+    "load_register_map",
     "parse_config",
 ]

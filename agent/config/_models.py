@@ -14,30 +14,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationInfo,
     model_validator,
 )
 
-from agent.errors import ConfigError
-from agent.modbus._map import RegisterMap, load_register_map
+from agent.config._devices import DeviceConfig
+from agent.config._fields import NAME_PATTERN, ConfigPath
 from agent.topics import matches
+from agent.validation import StrictModel, check_unique
 from agent.wasm import Limits, Preopen, WasiSpec
-
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    if base is None or path.is_absolute():
-        return path
-    return (Path(base) / path).resolve()
-
-
-ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 
 
 def _resolve_layout_ref(ref: str, info: ValidationInfo) -> str:
@@ -51,18 +38,14 @@ def _resolve_layout_ref(ref: str, info: ValidationInfo) -> str:
 ModuleRef = Annotated[str, AfterValidator(_resolve_layout_ref)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NodeConfig(_Model):
+class NodeConfig(StrictModel):
     id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
     """The node's name in MQTT topics and status; the host name unless set."""
     state_dir: ConfigPath = Path("/var/lib/edge-agent")
     """Where the agent keeps its store, caches and outbox."""
 
 
-class EngineConfig(_Model):
+class EngineConfig(StrictModel):
     kind: Literal["auto", "wasmedge", "wasmtime"] = "auto"
     wasmedge_lib: ConfigPath | None = None
     """Exact path of libwasmedge.so; otherwise WASMEDGE_LIB and the usual places."""
@@ -70,7 +53,7 @@ class EngineConfig(_Model):
     """Compile ahead of time on WasmEdge where the library has the compiler."""
 
 
-class LimitsConfig(_Model):
+class LimitsConfig(StrictModel):
     memory_pages: int = Field(256, ge=1, le=65536)
     deadline_ms: int | None = Field(1000, ge=1, le=600_000)
     fuel: int | None = Field(None, ge=1)
@@ -80,14 +63,14 @@ class LimitsConfig(_Model):
         return Limits(self.memory_pages, self.deadline_ms, self.fuel, self.max_emit_bytes)
 
 
-class PreopenConfig(_Model):
+class PreopenConfig(StrictModel):
     host: ConfigPath
     guest: str = Field(pattern=r"^/[^\x00:]*$")
     """Absolute path inside the module's WASI filesystem."""
     writable: bool = False
 
 
-class WasiConfig(_Model):
+class WasiConfig(StrictModel):
     args: tuple[str, ...] = ()
     env: dict[str, str] = Field(default_factory=dict)
     dirs: tuple[PreopenConfig, ...] = ()
@@ -100,7 +83,7 @@ class WasiConfig(_Model):
         )
 
 
-class ModuleConfig(_Model):
+class ModuleConfig(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
     ref: ModuleRef | None = None
     """A signed module in a registry or OCI layout (`host/repo:tag`, `...@sha256:...`,
@@ -131,87 +114,18 @@ class ModuleConfig(_Model):
         return self
 
 
-class PipelineConfig(_Model):
+class PipelineConfig(StrictModel):
     raw_readings: bool = False
     """Also publish every device reading as is, on `<prefix>/<node>/devices/<device>`."""
     queue_size: int = Field(1000, ge=1, le=1_000_000)
     """Readings queued per module before its devices wait for it (backpressure)."""
 
 
-class SerialConfig(_Model):
-    port: str = Field(min_length=1)
-    """The serial device, e.g. /dev/ttyUSB0."""
-    baudrate: int = Field(19200, ge=300, le=4_000_000)
-    bytesize: Literal[7, 8] = 8
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-
-
-class DeviceConfig(_Model):
-    """One Modbus device. Devices with the same address share one connection and its lock."""
-
-    name: str = Field(pattern=NAME_PATTERN)
-    transport: Literal["tcp", "rtu", "rtu-tcp"]
-    """Modbus TCP, RTU over a serial line, or RTU frames over TCP (serial gateways)."""
-    host: str | None = None
-    port: int = Field(502, ge=1, le=65535)
-    serial: SerialConfig | None = None
-    unit: int = Field(1, ge=0, le=255)
-    map: ConfigPath
-    """The register map file (`config/devices/*.toml`)."""
-    timeout_s: float = Field(1.0, gt=0, le=60)
-    retries: int = Field(2, ge=0, le=10)
-    retry_backoff_s: float = Field(0.05, ge=0, le=10)
-    """First pause before a retry; doubles with each further one."""
-    reconnect_max_s: float = Field(10.0, ge=0.01, le=3600)
-    """Longest pause between attempts to reopen a lost connection."""
-    connect_pause_s: float = Field(0.0, ge=0, le=60)
-    request_pause_s: float = Field(0.0, ge=0, le=60)
-    single_register_reads: bool = False
-    """For devices that only answer reads of one register (or bit) at a time."""
-    max_gap: int = Field(8, ge=0, le=124)
-    """Unused addresses a merged read may span to save a request."""
-    _map: RegisterMap = PrivateAttr()
-
-    @model_validator(mode="after")
-    def _check(self) -> DeviceConfig:
-        if self.transport == "rtu" and (self.serial is None or self.host is not None):
-            raise ValueError("transport 'rtu' needs [devices.serial] and no host")
-        if self.transport != "rtu" and (self.host is None or self.serial is not None):
-            raise ValueError(f"transport {self.transport!r} needs host (and no serial)")
-        try:
-            self._map = load_register_map(self.map)
-        except ConfigError as err:
-            raise ValueError(str(err)) from err
-        return self
-
-    @property
-    def register_map(self) -> RegisterMap:
-        return self._map
-
-    @property
-    def connection(self) -> tuple[str, str, int]:
-        """What identifies the connection; devices that share it share its lock."""
-        if self.serial is not None:
-            return ("serial", self.serial.port, 0)
-        return ("tcp", self.host or "", self.port)
-
-    def connection_settings(self) -> tuple[object, ...]:
-        return (
-            self.transport,
-            self.serial,
-            self.timeout_s,
-            self.reconnect_max_s,
-            self.connect_pause_s,
-            self.request_pause_s,
-        )
-
-
-class LoggingConfig(_Model):
+class LoggingConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class RegistryConfig(_Model):
+class RegistryConfig(StrictModel):
     host: str = Field(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
     """`host[:port]` as it appears in module references."""
     insecure: bool = False
@@ -223,7 +137,7 @@ class RegistryConfig(_Model):
     """File holding the password (basic auth, or to get a bearer token)."""
 
 
-class PolicyConfig(_Model):
+class PolicyConfig(StrictModel):
     """What a module's manifest may ask for; anything beyond is refused at pull."""
 
     emit: tuple[str, ...] = ("#",)
@@ -240,14 +154,14 @@ class PolicyConfig(_Model):
     max_deadline_ms: int = Field(10_000, ge=1)
 
 
-class RolloutConfig(_Model):
+class RolloutConfig(StrictModel):
     invocations: int = Field(20, ge=1)
     """How many invocations of a new version the guard watches."""
     max_faults: int = Field(2, ge=0)
     """Faults (trap, missed deadline) tolerated among them; one more rolls back."""
 
 
-class SupplyConfig(_Model):
+class SupplyConfig(StrictModel):
     allow_unsigned_paths: bool = False
     """Let the daemon run `[[modules]]` given by `path`, which no key signed: development only."""
     trusted_keys: tuple[ConfigPath, ...] = ()
@@ -260,12 +174,12 @@ class SupplyConfig(_Model):
     retry_max_s: float = Field(60.0, gt=0)
 
 
-class ControlConfig(_Model):
+class ControlConfig(StrictModel):
     socket: ConfigPath = Path("/run/edge-agent/control.sock")
     """The local control socket `edge-agent status` asks; in systemd's RuntimeDirectory."""
 
 
-class CommandsConfig(_Model):
+class CommandsConfig(StrictModel):
     enabled: bool = True
     allow: tuple[str, ...] | None = None
     """Command names this node accepts; every command when unset."""
@@ -297,7 +211,7 @@ def _listen_address(value: str | None) -> str | None:
     return value
 
 
-class MetricsConfig(_Model):
+class MetricsConfig(StrictModel):
     listen: Annotated[str | None, AfterValidator(_listen_address)] = None
     """`HOST:PORT` of the Prometheus endpoint (GET /metrics); off unless set."""
 
@@ -306,7 +220,7 @@ TOPIC_LEVEL_PATTERN = r"^[^+#/\x00]+(/[^+#/\x00]+)*$"
 """A topic without wildcards or empty levels."""
 
 
-class TlsConfig(_Model):
+class TlsConfig(StrictModel):
     """TLS to the broker; the SSL context is built once, at load, so bad files fail there."""
 
     ca: ConfigPath | None = None
@@ -339,7 +253,7 @@ class TlsConfig(_Model):
         return self._context
 
 
-class MqttConfig(_Model):
+class MqttConfig(StrictModel):
     host: str = "localhost"
     port: int | None = Field(None, ge=1, le=65535)
     """1883, or 8883 with TLS, unless set."""
@@ -412,7 +326,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class OutboxConfig(_Model):
+class OutboxConfig(StrictModel):
     path: ConfigPath | None = None
     """The SQLite file; `outbox.sqlite` in `node.state_dir` unless set."""
     max_messages: int = Field(1_000_000, ge=1)
@@ -425,7 +339,7 @@ class OutboxConfig(_Model):
     """normal: survives a crash or SIGKILL of the agent; full: also power loss (fsync)."""
 
 
-class AgentConfig(_Model):
+class AgentConfig(StrictModel):
     node: NodeConfig = NodeConfig()
     engine: EngineConfig = EngineConfig()
     limits: LimitsConfig = LimitsConfig()
@@ -443,11 +357,8 @@ class AgentConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:
-        seen: set[str] = set()
-        for module in self.modules:
-            if module.name in seen:
-                raise ValueError(f"module name {module.name!r} is used twice")
-            seen.add(module.name)
+        check_unique((m.name for m in self.modules), "module name")
+        seen = {m.name for m in self.modules}
         for module in self.modules:
             if module.after is not None and module.after not in seen:
                 raise ValueError(
@@ -465,22 +376,20 @@ class AgentConfig(_Model):
 
     @model_validator(mode="after")
     def _devices_consistent(self) -> AgentConfig:
-        names: set[str] = set()
+        check_unique((d.name for d in self.devices), "device name")
         first: dict[tuple[str, str, int], DeviceConfig] = {}
         units: set[tuple[tuple[str, str, int], int]] = set()
         for device in self.devices:
-            if device.name in names:
-                raise ValueError(f"device name {device.name!r} is used twice")
-            names.add(device.name)
-            other = first.setdefault(device.connection, device)
-            if other.connection_settings() != device.connection_settings():
+            key = device.connection.key
+            other = first.setdefault(key, device)
+            if other.connection != device.connection:
                 raise ValueError(
                     f"devices {other.name!r} and {device.name!r} share a connection, so "
                     "transport, serial, timeout_s, reconnect_max_s and pauses must match"
                 )
-            if (device.connection, device.unit) in units:
+            if (key, device.unit) in units:
                 raise ValueError(f"device {device.name!r}: unit {device.unit} is used twice")
-            units.add((device.connection, device.unit))
+            units.add((key, device.unit))
         return self
 
     def limits_for(self, module: ModuleConfig) -> Limits:

@@ -16,8 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.live import Live
 
-from agent.config import AgentConfig, load_config
-from agent.config._models import DeviceConfig
+from agent.config import AgentConfig, DeviceConfig, load_config
 from agent.demo._setup import prepare
 from agent.demo._view import DemoView
 from agent.errors import ConfigError

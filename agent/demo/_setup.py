@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.config._models import SupplyConfig
+from agent.config import SupplyConfig
 from agent.errors import SignatureError
 from agent.supply import (
     PublicKey,

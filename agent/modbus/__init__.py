@@ -1,7 +1,6 @@
 """Polling Modbus devices (TCP, RTU, RTU over TCP) through declarative register maps."""
 
 from agent.modbus._codec import RawValue, decode, encode
-from agent.modbus._map import RegisterGroup, RegisterMap, RegisterSpec, load_register_map
 from agent.modbus._plan import ReadBlock, plan_reads
 from agent.modbus._pool import DevicePool, DeviceState, DeviceStatus, OnReading
 from agent.modbus._probe import probe_device
@@ -13,12 +12,8 @@ __all__ = [
     "OnReading",
     "RawValue",
     "ReadBlock",
-    "RegisterGroup",
-    "RegisterMap",
-    "RegisterSpec",
     "decode",
     "encode",
-    "load_register_map",
     "plan_reads",
     "probe_device",
 ]

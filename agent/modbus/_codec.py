@@ -12,7 +12,7 @@ import math
 import struct
 from collections.abc import Sequence
 
-from agent.modbus._map import ByteOrder, DataType
+from agent.config import ByteOrder, DataType
 
 RawValue = int | float | bool | str
 

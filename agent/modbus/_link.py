@@ -13,20 +13,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.pdu import ModbusPDU
 
+from agent.config import Connection, Table
 from agent.errors import (
     ModbusConnectionError,
     ModbusError,
     ModbusExceptionResponse,
     ModbusTimeout,
 )
-from agent.modbus._map import Table
 
 # pymodbus logs every failed request at error level; the poller reports a failing device
 # once, so the library's own lines would only repeat it on every poll.
@@ -35,37 +34,20 @@ logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 _RECONNECT_MIN_S = 0.05
 
 
-@dataclass(frozen=True)
-class LinkSettings:
-    name: str
-    """How logs and errors name the connection: `host:port` or the serial port."""
-    transport: str
-    host: str
-    port: int
-    timeout_s: float
-    reconnect_max_s: float
-    connect_pause_s: float = 0.0
-    request_pause_s: float = 0.0
-    baudrate: int = 19200
-    bytesize: int = 8
-    parity: str = "N"
-    stopbits: int = 1
-
-
 class Link:
-    def __init__(self, settings: LinkSettings) -> None:
+    def __init__(self, settings: Connection) -> None:
         self.settings = settings
         self.lock = asyncio.Lock()
         s = settings
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        if s.transport == "rtu":
+        if s.serial is not None:
             self._client = AsyncModbusSerialClient(
-                s.host,
+                s.serial.port,
                 framer=FramerType.RTU,
-                baudrate=s.baudrate,
-                bytesize=s.bytesize,
-                parity=s.parity,
-                stopbits=s.stopbits,
+                baudrate=s.serial.baudrate,
+                bytesize=s.serial.bytesize,
+                parity=s.serial.parity,
+                stopbits=s.serial.stopbits,
                 timeout=s.timeout_s,
                 retries=0,
                 reconnect_delay=0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.modbus._map import BIT_TABLES, RegisterSpec, Table
+from agent.config import BIT_TABLES, RegisterSpec, Table
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000

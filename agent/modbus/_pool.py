@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from agent.config import NUMERIC_TYPES, DeviceConfig, RegisterGroup, RegisterSpec, Table
 from agent.errors import (
     ModbusConnectionError,
     ModbusError,
@@ -30,13 +31,9 @@ from agent.errors import (
     WriteRefused,
 )
 from agent.modbus._codec import RawValue, decode, encode, to_engineering, to_raw
-from agent.modbus._link import Link, LinkSettings
-from agent.modbus._map import NUMERIC_TYPES, RegisterGroup, RegisterSpec, Table
+from agent.modbus._link import Link
 from agent.modbus._plan import ReadBlock, plan_reads
 from agent.reading import Reading, Value
-
-if TYPE_CHECKING:
-    from agent.config._models import DeviceConfig
 
 log = logging.getLogger("agent.modbus")
 
@@ -293,25 +290,6 @@ def _encode_for_write(device: str, reg: RegisterSpec, value: RawValue) -> list[i
         raise WriteRefused(device, f"{reg.name}: {err}") from err
 
 
-def _link_settings(config: DeviceConfig) -> LinkSettings:
-    s = config.serial
-    host = config.host or ""
-    return LinkSettings(
-        name=s.port if s else f"{host}:{config.port}",
-        transport=config.transport,
-        host=s.port if s else host,
-        port=config.port,
-        timeout_s=config.timeout_s,
-        reconnect_max_s=config.reconnect_max_s,
-        connect_pause_s=config.connect_pause_s,
-        request_pause_s=config.request_pause_s,
-        baudrate=s.baudrate if s else 19200,
-        bytesize=s.bytesize if s else 8,
-        parity=s.parity if s else "N",
-        stopbits=s.stopbits if s else 1,
-    )
-
-
 class DevicePool:
     """All devices of the config, polled while the pool is entered (`async with`)."""
 
@@ -326,9 +304,10 @@ class DevicePool:
         links: dict[tuple[str, str, int], Link] = {}
         built = []
         for config in devices:
-            link = links.get(config.connection)
+            key = config.connection.key
+            link = links.get(key)
             if link is None:
-                link = links[config.connection] = Link(_link_settings(config))
+                link = links[key] = Link(config.connection)
             built.append(_Device(config, link, on_reading))
         return cls(built, list(links.values()))
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-from typing import TYPE_CHECKING
 
+from agent.config import DeviceConfig
 from agent.errors import ModbusConnectionError, ModbusTimeout
-
-if TYPE_CHECKING:
-    from agent.config._models import DeviceConfig  # the config imports register maps
 
 
 async def probe_device(device: DeviceConfig, timeout_s: float) -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from agent.config._models import AgentConfig
+from agent.config import AgentConfig
 from agent.errors import (
     AgentError,
     DowngradeRefused,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.config._models import PolicyConfig, SupplyConfig
+from agent.config import PolicyConfig, SupplyConfig
 from agent.errors import PackageError, RegistryError
 from agent.supply._access import RegistryAccess, Retry
 from agent.supply._keys import PublicKey, load_public_key

@@ -12,28 +12,24 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from agent.config import format_errors
 from agent.errors import PackageError
 from agent.reading import Reading
 from agent.topics import filter_error
+from agent.validation import StrictModel, format_errors
 from agent.wasm import ABI_VERSION
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class WasiDir(_Model):
+class WasiDir(StrictModel):
     guest: str = Field(pattern=r"^/[^\x00:]*$")
     writable: bool = False
 
 
-class Capabilities(_Model):
+class Capabilities(StrictModel):
     emit: tuple[str, ...] = ()
     """Topic filters the module may emit to, relative to the node."""
     models: tuple[str, ...] = ()
@@ -52,13 +48,13 @@ class Capabilities(_Model):
         return value
 
 
-class ModuleLimits(_Model):
+class ModuleLimits(StrictModel):
     memory_pages: int = Field(256, ge=1, le=65536)
     deadline_ms: int | None = Field(1000, ge=1, le=600_000)
     fuel: int | None = Field(None, ge=1)
 
 
-class ModuleManifest(_Model):
+class ModuleManifest(StrictModel):
     """The manifest layer. One digest pins it together with the code and the models."""
 
     name: str = Field(pattern=NAME)
@@ -104,7 +100,7 @@ class ModuleManifest(_Model):
             raise PackageError(f"{where}: {format_errors(err)}") from err
 
 
-class ModuleToml(_Model):
+class ModuleToml(StrictModel):
     """`module.toml`: the manifest's fields, plus where the files are."""
 
     name: str = Field(pattern=NAME)

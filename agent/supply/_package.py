@@ -9,13 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from agent.config import format_errors
 from agent.errors import PackageError
 from agent.supply._layout import LayoutRepository
 from agent.supply._manifest import ModuleManifest, ModuleToml
@@ -29,6 +25,7 @@ from agent.supply._oci import (
     Descriptor,
     Manifest,
 )
+from agent.validation import read_toml, validated
 
 WASM_MAGIC = b"\0asm\x01\0\0\0"
 
@@ -43,16 +40,8 @@ class Packaged:
 
 def read_module_dir(directory: Path) -> tuple[ModuleToml, ModuleManifest]:
     path = directory / "module.toml"
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise PackageError(f"{path}: no module.toml in {directory}") from err
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
-        raise PackageError(f"{path}: cannot read: {err}") from err
-    try:
-        source = ModuleToml.model_validate(doc)
-    except ValidationError as err:
-        raise PackageError(f"{path}: {format_errors(err)}") from err
+    doc = read_toml(path, f"module.toml in {directory}", error=PackageError)
+    source = validated(ModuleToml, doc, path, error=PackageError)
     readings: list[object] = []
     if source.test_readings is not None:
         readings = _json_lines(directory / source.test_readings, path)
@@ -60,10 +49,9 @@ def read_module_dir(directory: Path) -> tuple[ModuleToml, ModuleManifest]:
     fields["capabilities"]["models"] = tuple(
         dict.fromkeys([*source.capabilities.models, *source.models])
     )
-    try:
-        manifest = ModuleManifest.model_validate({**fields, "test_readings": readings})
-    except ValidationError as err:
-        raise PackageError(f"{path}: {format_errors(err)}") from err
+    manifest = validated(
+        ModuleManifest, {**fields, "test_readings": readings}, path, error=PackageError
+    )
     return source, manifest
 
 

@@ -6,7 +6,7 @@ and what policy allows, so an operator can fix one side or the other.
 
 from __future__ import annotations
 
-from agent.config._models import PolicyConfig
+from agent.config import PolicyConfig
 from agent.errors import PolicyViolation
 from agent.supply._manifest import ModuleManifest
 from agent.supply._oci import MODEL_LAYER, TITLE, Manifest

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from agent.errors import ConfigError
+from agent.validation import StrictModel, check_unique, read_toml, validated
 
 Table = Literal["coil", "discrete_input", "input", "holding"]
 DataType = Literal[
@@ -51,11 +51,7 @@ WIDTHS: dict[str, int] = {
 _NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RegisterSpec(_Model):
+class RegisterSpec(StrictModel):
     name: str = Field(pattern=_NAME)
     """The value's name in readings and in `write`."""
     table: Table
@@ -121,29 +117,21 @@ class RegisterSpec(_Model):
         return self
 
 
-class RegisterGroup(_Model):
+class RegisterGroup(StrictModel):
     name: str = Field(pattern=_NAME)
     interval_s: float = Field(ge=0.0001, le=86400)
     """Poll period; ticks that pass while a poll runs are dropped, all but the latest."""
     registers: tuple[RegisterSpec, ...] = Field(min_length=1)
 
 
-class RegisterMap(_Model):
+class RegisterMap(StrictModel):
     description: str = ""
     groups: tuple[RegisterGroup, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _unique_names(self) -> RegisterMap:
-        groups: set[str] = set()
-        names: set[str] = set()
-        for group in self.groups:
-            if group.name in groups:
-                raise ValueError(f"group name {group.name!r} is used twice")
-            groups.add(group.name)
-            for reg in group.registers:
-                if reg.name in names:
-                    raise ValueError(f"register name {reg.name!r} is used twice")
-                names.add(reg.name)
+        check_unique((g.name for g in self.groups), "group name")
+        check_unique((r.name for g in self.groups for r in g.registers), "register name")
         return self
 
     def register(self, name: str) -> RegisterSpec | None:
@@ -156,10 +144,4 @@ class RegisterMap(_Model):
 
 def load_register_map(path: Path) -> RegisterMap:
     """Read and validate a map file; errors name the file, the key and what was expected."""
-    from agent.config._load import format_errors, read_toml  # noqa: PLC0415 - config imports us
-
-    data = read_toml(path, "register map")
-    try:
-        return RegisterMap.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {format_errors(err)}") from err
+    return validated(RegisterMap, read_toml(path, "register map"), path)
