@@ -57,6 +57,8 @@ class MqttStatus(_Status):
     dropped: int = Field(0, ge=0)
     """Messages the outbox discarded because it was full."""
     reconnects: int = Field(0, ge=0)
+    published: int = Field(0, ge=0)
+    """Messages the broker acknowledged since the agent started."""
     last_error: str | None = None
 
 
@@ -65,9 +67,12 @@ class DeviceStatus(_Status):
     state: DeviceState
     poll_interval_s: float = Field(gt=0)
     last_poll: float | None = None
-    """Unix time of the last successful poll."""
+    """Unix time of the last completed poll, successful or not."""
     polls: int = Field(0, ge=0)
     errors: int = Field(0, ge=0)
+    """Failed requests since start (after retries)."""
+    skipped: int = Field(0, ge=0)
+    """Polls skipped because the previous one of the same group was still running."""
     last_error: str | None = None
 
 

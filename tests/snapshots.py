@@ -11,11 +11,10 @@ import asyncio
 import functools
 import os
 import time
-from dataclasses import asdict
 
 from agent import __version__
 from agent.reading import Reading, Value
-from agent.runtime import ModuleHost, ModuleStats
+from agent.runtime import ModuleHost
 from agent.status import (
     AgentStatus,
     DeviceState,
@@ -42,7 +41,7 @@ def run_scale(calls: int) -> tuple[EngineStatus, ModuleStatus]:
     engine = create_engine("wasmtime")
     compiled = engine.compile(module_bytes("scale"), "scale")
 
-    async def run() -> ModuleStats:
+    async def run() -> ModuleStatus:
         host = await ModuleHost.start(
             "scale",
             lambda: ReactorModule(compiled, SCALE_CONFIG),
@@ -53,13 +52,13 @@ def run_scale(calls: int) -> tuple[EngineStatus, ModuleStatus]:
             for seq in range(calls):
                 temperature = {"temperature": Value(600.0 + seq, "degC")}
                 await host.process(Reading("pump-1", 1764118800.0 + seq, seq, temperature))
-            return host.stats()
+            return host.status()
         finally:
             await host.close()
 
     try:
         stats = asyncio.run(run())
-        return EngineStatus.of(engine), ModuleStatus(**asdict(stats), memory_pages=17)
+        return EngineStatus.of(engine), stats.model_copy(update={"memory_pages": 17})
     finally:
         compiled.close()
         engine.close()

@@ -86,7 +86,7 @@ def test_every_message_arrives_once_in_order(
                         topic = f"edge/{NODE}/seq" if i % 2 else f"edge/{NODE}/raw"
                         await outbox.put(topic, str(i), qos=i % 2)
                     await drained(outbox)
-                    state = link.state()
+                    state = link.status()
                     assert (state.connected, state.published, state.outbox_depth) == (
                         True, n, 0,
                     )  # fmt: skip
@@ -119,7 +119,7 @@ async def reconnected(link: MqttLink, reconnects: int) -> None:
     noticed that the old connection died, and that would return at once on it; the
     next stop would then overlap this reconnection.
     """
-    await until(lambda: link.state().reconnects >= reconnects and link.state().connected, 10)
+    await until(lambda: link.status().reconnects >= reconnects and link.status().connected, 10)
 
 
 def test_broker_restarts_lose_and_reorder_nothing(mosquitto: Mosquitto, tmp_path: Path) -> None:
@@ -149,7 +149,7 @@ def test_broker_restarts_lose_and_reorder_nothing(mosquitto: Mosquitto, tmp_path
                         await reconnected(link, restart)
                     await produce
                     await drained(outbox, seconds=30)
-                    assert link.state().reconnects >= restarts
+                    assert link.status().reconnects >= restarts
             await until(lambda: n - 1 in seqs(sub.messages), 30)
         check_stream(seqs(sub.messages), set(range(n)))
         return repeats_by_origin(sub)
@@ -273,8 +273,8 @@ def test_mutual_tls_with_password(tmp_path: Path, pki: Pki) -> None:
     async def refused(config: MqttConfig) -> str | None:
         with Outbox.open(tmp_path / "refused.sqlite") as outbox:
             async with MqttLink(config, outbox, node_id=NODE) as link:
-                await until(lambda: link.state().last_error is not None)
-                state = link.state()
+                await until(lambda: link.status().last_error is not None)
+                state = link.status()
         assert not state.connected
         return state.last_error
 

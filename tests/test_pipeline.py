@@ -99,7 +99,7 @@ def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> No
             for seq in range(5):
                 await pipeline.on_reading(reading("pump-1", seq, 1.0))
             await pipeline.drain()
-            stats = pipeline.stats()
+            stats = pipeline.status()
         return sink, stats
 
     sink, stats = asyncio.run(scenario())
@@ -137,7 +137,7 @@ def test_replace_takes_over_between_two_readings(engine: Engine) -> None:
             for seq in range(40, 45):
                 await pipeline.on_reading(reading("pump-1", seq, 10.0))
             await pipeline.drain()
-            assert scale.stats().version == "2.0.0"
+            assert scale.status().version == "2.0.0"
         return sink
 
     out = asyncio.run(scenario()).on(f"{ROOT}/out")
@@ -161,7 +161,7 @@ def test_a_replacement_that_cannot_start_leaves_the_running_version(engine: Engi
                 await scale.replace(bad, version="2.0.0", digest="sha256:y")
             await pipeline.on_reading(reading("pump-1", 0, 10.0))
             await pipeline.drain()
-            return sink, scale.stats().version
+            return sink, scale.status().version
 
     sink, version = asyncio.run(scenario())
     assert version == "1.0.0"
@@ -188,7 +188,7 @@ def test_a_module_over_its_deadline_does_not_hold_up_the_others(engine: Engine) 
                 await asyncio.sleep(0.01)
             loop_host = pipeline.host("loop")
             assert loop_host is not None
-            assert loop_host.stats().invocations < 3
+            assert loop_host.status().invocations < 3
             await pipeline.drain()
         return sink
 

@@ -2,13 +2,11 @@
 
 from agent.modbus._codec import RawValue, decode, encode
 from agent.modbus._plan import ReadBlock, plan_reads
-from agent.modbus._pool import DevicePool, DeviceState, DeviceStatus, OnReading
+from agent.modbus._pool import DevicePool, OnReading
 from agent.modbus._probe import probe_device
 
 __all__ = [
     "DevicePool",
-    "DeviceState",
-    "DeviceStatus",
     "OnReading",
     "RawValue",
     "ReadBlock",

@@ -15,11 +15,8 @@ import asyncio
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
 
 from agent.config import NUMERIC_TYPES, DeviceConfig, RegisterGroup, RegisterSpec, Table
 from agent.errors import (
@@ -34,32 +31,13 @@ from agent.modbus._codec import RawValue, decode, encode, to_engineering, to_raw
 from agent.modbus._link import Link
 from agent.modbus._plan import ReadBlock, plan_reads
 from agent.reading import Reading, Value
+from agent.status import DeviceState, DeviceStatus
 
 log = logging.getLogger("agent.modbus")
 
 OnReading = Callable[[Reading], Awaitable[None]]
-DeviceState = Literal["connecting", "online", "offline"]
 RETRYABLE_CODES = frozenset({5, 6, 10, 11})
 """Exception codes that say "not now" (acknowledge, busy, gateway trouble): worth a retry."""
-_RATE_WINDOW = 32
-
-
-@dataclass(frozen=True)
-class DeviceStatus:
-    """One device as `edge-agent status` shows it."""
-
-    name: str
-    state: DeviceState
-    last_poll: float | None
-    """Wall-clock time of the last completed poll (successful or not)."""
-    polls: int
-    errors: int
-    """Failed requests since start (after retries)."""
-    skipped: int
-    """Polls skipped because the previous one of the same group was still running."""
-    last_error: str | None
-    poll_rate: float
-    """Completed polls per second over the last few polls, all groups together."""
 
 
 class _Device:
@@ -74,7 +52,7 @@ class _Device:
             )
             for g in config.register_map.groups
         }
-        self.state: DeviceState = "connecting"
+        self.state: DeviceState = "starting"
         self.closed = False
         self.seq = 0
         self.polls = 0
@@ -82,7 +60,6 @@ class _Device:
         self.skipped = 0
         self.last_poll: float | None = None
         self.last_error: str | None = None
-        self._done: deque[float] = deque(maxlen=_RATE_WINDOW)
         self._last_good: dict[str, RawValue] = {}
         self._emit_lock = asyncio.Lock()
         self._warned: set[str] = set()
@@ -90,18 +67,15 @@ class _Device:
         self._decided_at = 0.0  # when the poll that last set `state` started (monotonic)
 
     def status(self) -> DeviceStatus:
-        rate = 0.0
-        if len(self._done) >= 2 and self._done[-1] > self._done[0]:
-            rate = (len(self._done) - 1) / (self._done[-1] - self._done[0])
         return DeviceStatus(
-            self.name,
-            self.state,
-            self.last_poll,
-            self.polls,
-            self.errors,
-            self.skipped,
-            self.last_error,
-            rate,
+            name=self.name,
+            state=self.state,
+            poll_interval_s=min(g.interval_s for g in self.config.register_map.groups),
+            last_poll=self.last_poll,
+            polls=self.polls,
+            errors=self.errors,
+            skipped=self.skipped,
+            last_error=self.last_error,
         )
 
     async def run_group(self, group: RegisterGroup) -> None:
@@ -186,7 +160,6 @@ class _Device:
         sent before a device recovered must not mark it offline again (nor the reverse)."""
         self.polls += 1
         self.last_poll = time.time()
-        self._done.append(time.monotonic())
         self.errors += len(errors)
         if errors:
             self.last_error = errors[-1].reason

@@ -5,14 +5,13 @@ Only this package imports aiomqtt, paho-mqtt and amqtt.
 
 from agent.mqtt._client import new_client, probe_broker
 from agent.mqtt._embedded import EmbeddedBroker
-from agent.mqtt._link import Handler, Incoming, LinkState, MqttLink
+from agent.mqtt._link import Handler, Incoming, MqttLink
 from agent.mqtt._watch import watch
 
 __all__ = [
     "EmbeddedBroker",
     "Handler",
     "Incoming",
-    "LinkState",
     "MqttLink",
     "new_client",
     "probe_broker",

@@ -22,7 +22,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -36,6 +36,7 @@ from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
 from agent.mqtt._client import new_client
 from agent.outbox import Message, Outbox
+from agent.status import MqttStatus
 from agent.topics import matches
 
 log = logging.getLogger(__name__)
@@ -59,24 +60,6 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class LinkState:
-    """A snapshot for `edge-agent status`."""
-
-    connected: bool
-    broker: str
-    protocol: str
-    client_id: str
-    reconnects: int
-    published: int
-    last_error: str | None
-    outbox_depth: int
-    outbox_bytes: int
-    oldest_age_s: float | None
-    dropped: Mapping[str, int]
-    dropped_total: int
 
 
 class _RateLimit:
@@ -157,22 +140,17 @@ class MqttLink:
         """Wait for a broker connection (the online status is published by then)."""
         await self._connected.wait()
 
-    def state(self) -> LinkState:
+    def status(self) -> MqttStatus:
         stats = self._outbox.stats()
-        config = self._config
-        return LinkState(
+        return MqttStatus(
+            broker=f"{self._config.host}:{self._config.broker_port}",
             connected=self._connected.is_set(),
-            broker=f"{config.host}:{config.broker_port}",
-            protocol=config.protocol,
-            client_id=self._client_id,
+            outbox_depth=stats.depth,
+            oldest_age_s=stats.oldest_age_s,
+            dropped=stats.dropped_total,
             reconnects=max(0, self._connections - 1),
             published=self._published,
             last_error=self._last_error,
-            outbox_depth=stats.depth,
-            outbox_bytes=stats.bytes,
-            oldest_age_s=stats.oldest_age_s,
-            dropped=stats.dropped,
-            dropped_total=stats.dropped_total,
         )
 
     async def subscribe(self, topic_filter: str, handler: Handler) -> None:

@@ -2,13 +2,12 @@
 
 from agent.runtime._agent import Agent
 from agent.runtime._cli import add_run_command, serve
-from agent.runtime._host import ModuleHost, ModuleStats
+from agent.runtime._host import ModuleHost
 from agent.runtime._pipeline import Outcome, Pipeline, Route, Sink
 
 __all__ = [
     "Agent",
     "ModuleHost",
-    "ModuleStats",
     "Outcome",
     "Pipeline",
     "Route",

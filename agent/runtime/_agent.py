@@ -46,11 +46,9 @@ from agent.runtime._modules import (
 from agent.runtime._pipeline import Pipeline
 from agent.status import (
     AgentStatus,
-    DeviceStatus,
     EngineStatus,
     ModelStatus,
     ModuleStatus,
-    MqttStatus,
     StatusSnapshot,
 )
 from agent.supply import InstalledModule, Supply
@@ -185,7 +183,7 @@ class Agent:
             await self._serve_commands()
             self._spawn(self.supply.run(), "supply retries")
             self._spawn(notify.keep_alive(), "systemd watchdog")
-            notify.ready(f"{len(self._pipeline.stats())} modules, {len(config.devices)} devices")
+            notify.ready(f"{len(self._pipeline.status())} modules, {len(config.devices)} devices")
             log.info(
                 "edge-agent %s running as %s on %s %s",
                 __version__,
@@ -368,52 +366,9 @@ class Agent:
     def snapshot(self) -> StatusSnapshot:
         now = time.time()
         engine = self._engine_or_fail()
-        mqtt = None
-        if self._link is not None:
-            s = self._link.state()
-            mqtt = MqttStatus(
-                broker=s.broker,
-                connected=s.connected,
-                outbox_depth=s.outbox_depth,
-                oldest_age_s=s.oldest_age_s,
-                dropped=s.dropped_total,
-                reconnects=s.reconnects,
-                last_error=s.last_error,
-            )
-        devices = []
-        if self._devices is not None:
-            intervals = {
-                d.name: min(g.interval_s for g in d.register_map.groups)
-                for d in self.config.devices
-            }
-            for d in self._devices.status():
-                devices.append(
-                    DeviceStatus(
-                        name=d.name,
-                        state="starting" if d.state == "connecting" else d.state,
-                        poll_interval_s=intervals[d.name],
-                        last_poll=d.last_poll,
-                        polls=d.polls,
-                        errors=d.errors,
-                        last_error=d.last_error,
-                    )
-                )
-        modules = []
-        if self._pipeline is not None:
-            for m in self._pipeline.stats():
-                modules.append(
-                    ModuleStatus(
-                        name=m.name,
-                        version=m.version,
-                        digest=m.digest,
-                        state="running" if m.state == "running" else "stopped",
-                        invocations=m.invocations,
-                        errors=m.errors,
-                        last_error=m.last_error,
-                        p50_ms=m.p50_ms,
-                        p99_ms=m.p99_ms,
-                    )
-                )
+        mqtt = self._link.status() if self._link is not None else None
+        devices = self._devices.status() if self._devices is not None else ()
+        modules = self._pipeline.status() if self._pipeline is not None else []
         for spec, reason in self._failed.values():
             modules.append(
                 ModuleStatus(
@@ -434,7 +389,7 @@ class Agent:
                 engine=EngineStatus.of(engine),
             ),
             mqtt=mqtt,
-            devices=tuple(devices),
+            devices=devices,
             modules=tuple(modules),
             models=tuple(self._models.values()),
         )

@@ -49,7 +49,7 @@ def register_commands(agent: Agent) -> CommandRouter:
     async def module_list(_: NoArgs) -> list[dict[str, Any]]:
         states = {s.name: s for s in agent.supply.modules()}
         listed = []
-        for stats in agent.pipeline.stats():
+        for stats in agent.pipeline.status():
             state = states.get(stats.name)
             listed.append(
                 {

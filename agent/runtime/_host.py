@@ -15,32 +15,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from agent.errors import ModuleError
 from agent.reading import Reading
+from agent.status import ModuleStatus
 from agent.wasm import Message, ReactorModule
 
 _T = TypeVar("_T")
 _LATENCY_WINDOW = 1024
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModuleStats:
-    """Counters for `edge-agent status`; latencies over the last 1,024 calls."""
-
-    name: str
-    version: str
-    digest: str
-    state: str
-    invocations: int
-    errors: int
-    last_error: str | None
-    p50_ms: float | None
-    p99_ms: float | None
 
 
 class ModuleHost:
@@ -109,9 +94,10 @@ class ModuleHost:
         if old is not None:
             await self._run(old.close)
 
-    def stats(self) -> ModuleStats:
+    def status(self) -> ModuleStatus:
+        """Counters for `edge-agent status`; latencies over the last 1,024 calls."""
         ordered = sorted(self._latencies)
-        return ModuleStats(
+        return ModuleStatus(
             name=self.name,
             version=self.version,
             digest=self.digest,

@@ -20,7 +20,8 @@ from typing import Protocol
 
 from agent.errors import ModuleError
 from agent.reading import Reading
-from agent.runtime._host import ModuleHost, ModuleStats
+from agent.runtime._host import ModuleHost
+from agent.status import ModuleStatus
 from agent.wasm import Message
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ class Pipeline:
         stage = self._stages.get(name)
         return stage.host if stage else None
 
-    def stats(self) -> list[ModuleStats]:
-        return [stage.host.stats() for stage in self._stages.values()]
+    def status(self) -> list[ModuleStatus]:
+        return [stage.host.status() for stage in self._stages.values()]
 
     async def on_reading(self, reading: Reading) -> None:
         """Take one device reading: publish it raw if configured, queue it for modules."""
