@@ -20,7 +20,7 @@ from agent.demo import add_demo_command
 from agent.errors import AgentError
 from agent.reading import Reading
 from agent.runtime import add_run_command
-from agent.supply._cli import register as register_supply
+from agent.supply import add_supply_commands
 from agent.wasm import Limits, ReactorModule, create_engine, run_command
 
 
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         help="preload a TFLite model for WASI-NN load_by_name (repeatable)",
     )
     run.set_defaults(handler=_module_run)
-    register_supply(commands, module)
+    add_supply_commands(commands, module)
 
     config = commands.add_parser("config", help="check config files").add_subparsers(
         title="config commands", metavar="COMMAND"

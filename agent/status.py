@@ -139,4 +139,3 @@ def judge(snapshot: StatusSnapshot) -> Health:
             why = f": {module.last_error}" if module.last_error else ""
             reasons.append(f"module {module.name!r} failed{why}")
     return Health(healthy=not reasons, reasons=tuple(reasons))
-

@@ -76,24 +76,35 @@ async def make_package(tmp: Path) -> tuple[str, Path]:
     return f"oci:{packaged.layout}:{packaged.tag}", tmp / "cosign.pub"
 
 
+class _Runner:
+    """The runtime's part of a deploy, reduced to compiling and starting the module."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.serving: list[ReactorModule] = []
+
+    async def smoke_test(self, m: InstalledModule) -> None:
+        compiled = self.engine.compile(m.wasm_path.read_bytes(), m.name)
+        ReactorModule(compiled, m.manifest.config).close()
+
+    async def activate(self, m: InstalledModule) -> None:
+        self.serving.append(serve(self.engine, m.wasm_path.read_bytes()))
+
+    async def stop(self, name: str) -> None:
+        raise AssertionError(f"the benchmark never stops {name}")
+
+
 async def deploy_ms(ref: str, pub: Path, state: Path, engine: Engine) -> float:
     config = parse_config(
         {"node": {"state_dir": str(state)}, "supply": {"trusted_keys": [str(pub)]}},
         state / "agent.toml",
     )
-    serving: list[ReactorModule] = []
-
-    async def smoke(m: InstalledModule) -> None:
-        ReactorModule(engine.compile(m.wasm_path.read_bytes(), m.name), m.manifest.config).close()
-
-    async def activate(m: InstalledModule) -> None:
-        serving.append(serve(engine, m.wasm_path.read_bytes()))
-
+    runner = _Runner(engine)
     t0 = time.perf_counter()
-    async with await Supply.create(config, smoke_test=smoke, on_activate=activate) as supply:
+    async with await Supply.create(config, runner) as supply:
         await supply.deploy(ref)
     elapsed = (time.perf_counter() - t0) * 1000
-    serving[0].close()
+    runner.serving[0].close()
     return elapsed
 
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +110,18 @@ every = 5
     return Node(config, pump, port)
 
 
+async def command(mosquitto: Mosquitto, name: str, args: dict[str, object]) -> dict[str, object]:
+    """The agent's answer to one MQTT command, sent with mosquitto's own request tool."""
+    rr = await asyncio.create_subprocess_exec(
+        "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5",
+        "-t", f"{ROOT}/cmd/{name}", "-e", f"{ROOT}/cmd/{name}/response",
+        "-m", json.dumps({"id": uuid.uuid4().hex, "args": args}), "-W", "20",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await rr.communicate()
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
 def _free_port() -> int:
     from tests.brokers import free_port  # noqa: PLC0415
 
@@ -191,6 +204,7 @@ def test_a_killed_agent_restarts_where_it_was(node: Node, mosquitto: Mosquitto) 
             SimServer({1: node.pump.image}, port=node.device_port),
             Subscriber(mosquitto, f"{ROOT}/#") as sub,
         ):
+
             def readings_since(t: float) -> int:
                 """Distinct raw readings polled since `t`: redeliveries do not count."""
                 raw = by_topic(sub.messages, "devices/pump-1")
@@ -377,16 +391,6 @@ def test_a_deployed_version_that_traps_is_rolled_back_by_the_running_agent(
         await sign_reference(ref, private, node.config().supply)
         return f"oci:{packaged.layout}:{packaged.tag}"
 
-    async def command(name: str, args: dict[str, object]) -> dict[str, object]:
-        rr = await asyncio.create_subprocess_exec(
-            "mosquitto_rr", "-h", "127.0.0.1", "-p", str(mosquitto.port), "-V", "5",
-            "-t", f"{ROOT}/cmd/{name}", "-e", f"{ROOT}/cmd/{name}/response",
-            "-m", json.dumps({"id": name, "args": args}), "-W", "20",
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await rr.communicate()
-        return json.loads(out)  # type: ignore[no-any-return]
-
     async def scenario() -> tuple[dict[str, object], dict[str, object], list[tuple[str, str]]]:
         ref = await publish_signed()
         stop = asyncio.Event()
@@ -397,11 +401,12 @@ def test_a_deployed_version_that_traps_is_rolled_back_by_the_running_agent(
         ):
             task = asyncio.create_task(agent.run(stop))
             await until(lambda: len(sub.messages) >= 5)
-            deployed = await command("module.deploy", {"reference": ref})
-            await until(lambda: any(s.status == "rolled-back" for s in agent.supply.modules()))
+            deployed = await command(mosquitto, "module.deploy", {"reference": ref})
+            supply = agent.versions.supply
+            await until(lambda: any(s.status == "rolled-back" for s in supply.modules()))
             resumed = len(sub.messages)
             await until(lambda: len(sub.messages) >= resumed + 5)
-            listed = await command("module.list", {})
+            listed = await command(mosquitto, "module.list", {})
             stop.set()
             await task
         return deployed, listed, sub.messages
@@ -414,3 +419,31 @@ def test_a_deployed_version_that_traps_is_rolled_back_by_the_running_agent(
     assert scale["status"] == "rolled-back"
     # Every scaled message came from 1.0.0: the trapping version emitted nothing.
     assert all(json.loads(p)["values"] for _, p in messages)
+
+
+def test_config_reload_answers_first_then_run_returns_the_new_config(
+    node: Node, mosquitto: Mosquitto
+) -> None:
+    async def scenario() -> tuple[dict[str, object], dict[str, object], AgentConfig | None]:
+        agent = Agent(node.config(), config_path=node.config_path)
+        good = node.config_path.read_text()
+        async with (
+            SimServer({1: node.pump.image}, port=node.device_port),
+            Subscriber(mosquitto, f"{ROOT}/scaled") as sub,
+        ):
+            task = asyncio.create_task(agent.run(asyncio.Event()))
+            await until(lambda: len(sub.messages) >= 1)  # commands are served by then
+            node.config_path.write_text(good.replace("[pipeline]", "[pipeline\n"))
+            refused = await command(mosquitto, "config.reload", {})
+            assert not task.done()
+            node.config_path.write_text(good.replace("raw_readings = true", "raw_readings = false"))
+            accepted = await command(mosquitto, "config.reload", {})
+            return refused, accepted, await asyncio.wait_for(task, 30)
+
+    refused, accepted, reloaded = asyncio.run(scenario())
+    assert refused["status"] == "error", refused
+    assert "not valid TOML" in str(refused["error"])
+    assert accepted["status"] == "ok", accepted
+    assert accepted["data"] == {"config": str(node.config_path), "restarting": True}
+    assert reloaded is not None
+    assert reloaded.pipeline.raw_readings is False

@@ -89,7 +89,6 @@ def test_the_walk_sees_the_package() -> None:
     assert "agent.config" in GRAPH["agent.runtime._agent"]
 
 
-@pytest.mark.xfail(reason="issue 12: runtime/_agent -> runtime/_commands", strict=True)
 def test_no_module_imports_itself_back() -> None:
     # A package's __init__ importing its own modules is the one allowed direction.
     graph = {
@@ -118,7 +117,6 @@ def test_the_cycle_finder_finds_a_circle() -> None:
     assert _cycle({"a": ["b"], "b": ["c"], "c": []}) is None
 
 
-@pytest.mark.xfail(reason="issue 12: supply._cli, runtime._lifecycle", strict=True)
 def test_no_import_of_another_package_private_module() -> None:
     leaks = []
     for name, deps in GRAPH.items():

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent._ratelimit import TokenBucket
 from agent.commands import (
     LOG_LEVEL,
     MODULE_DEPLOY,
@@ -28,7 +29,6 @@ from agent.commands import (
     ModuleNameArgs,
     NoArgs,
     Reply,
-    TokenBucket,
     load_public_keys,
     set_log_level,
     sign_request,

@@ -18,9 +18,9 @@ import wasmtime
 from agent import errors
 from agent.reading import Reading, Series, Value
 from agent.wasm import (
+    Emitted,
     Engine,
     Limits,
-    Message,
     ReactorModule,
     WasiSpec,
     create_engine,
@@ -61,7 +61,7 @@ def run(
     config: dict[str, Any],
     readings: list[Reading],
     limits: Limits | None = None,
-) -> list[Message]:
+) -> list[Emitted]:
     module = ReactorModule(engine.compile(module_bytes(name), name), config, limits=limits)
     try:
         return [m for r in readings for m in module.on_reading(r)]
@@ -69,7 +69,7 @@ def run(
         module.close()
 
 
-def payloads(messages: list[Message]) -> list[Any]:
+def payloads(messages: list[Emitted]) -> list[Any]:
     return [m.to_json()["payload"] for m in messages]
 
 
@@ -183,7 +183,7 @@ def test_faults_are_contained(
             assert caught.value.module == "faulty"
             assert text in str(caught.value)
             (message,) = good.on_reading(reading)
-            assert message == Message("echo", b'{"seq":0}')
+            assert message == Emitted("echo", b'{"seq":0}')
     finally:
         bad.close()
         good.close()
@@ -197,7 +197,7 @@ def test_module_logs_and_stdio_reach_the_agent_log(
     for fault in ("log", "stdout"):
         module = ReactorModule(engine.compile(module_bytes("faulty"), "faulty"), {"fault": fault})
         try:
-            assert module.on_reading(reading) == [Message("echo", b'{"seq":0}')]
+            assert module.on_reading(reading) == [Emitted("echo", b'{"seq":0}')]
         finally:
             module.close()
     records = [(r.name, r.levelno) for r in caplog.records]
@@ -353,9 +353,7 @@ def test_numbers_survive_the_guest_reader_and_writer_bit_for_bit(engine: Engine)
     ]
     numbers += [rng.uniform(-1000, 1000) for _ in range(150)]
     numbers += [rng.gauss(0, 1) * 10.0 ** rng.randint(-30, 30) for _ in range(150)]
-    numbers += [
-        struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0] for _ in range(100)
-    ]
+    numbers += [struct.unpack("<d", struct.pack("<Q", rng.getrandbits(63)))[0] for _ in range(100)]
     numbers = [x for x in numbers if math.isfinite(x)]
     readings = [Reading("d", 1.0, i, {"x": Value(x)}) for i, x in enumerate(numbers)]
     messages = run(engine, "scale", {"channels": {"x": {"scale": 1}}}, readings)

@@ -48,4 +48,3 @@ def with_(path: str, value: Any) -> dict[str, Any]:
 def test_bad_fields_are_named(doc: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Reading.from_json(doc)
-

@@ -7,7 +7,7 @@ handler)`); `log.level` and `status` are implemented here.
 
 from agent.commands._builtin import set_log_level, status_handler
 from agent.commands._cli import add_command_commands
-from agent.commands._limits import ResponseCache, TokenBucket
+from agent.commands._responses import ResponseCache
 from agent.commands._router import CommandRouter, Handler, Reply
 from agent.commands._signing import (
     CommandVerifier,
@@ -56,7 +56,6 @@ __all__ = [
     "NoArgs",
     "Reply",
     "ResponseCache",
-    "TokenBucket",
     "add_command_commands",
     "load_public_keys",
     "set_log_level",

@@ -43,7 +43,7 @@ def _json_object(text: str) -> dict[str, Any]:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object such as {\"name\": \"scale\"}")
+        raise argparse.ArgumentTypeError('expected a JSON object such as {"name": "scale"}')
     return value
 
 

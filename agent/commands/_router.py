@@ -21,16 +21,17 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.commands._limits import ResponseCache, TokenBucket
+from agent._ratelimit import TokenBucket
+from agent.commands._responses import ResponseCache
 from agent.commands._signing import CommandVerifier, load_public_keys
-from agent.commands._table import COMMANDS, A, Command
+from agent.commands._table import COMMANDS, ArgsT, Command
 from agent.config import CommandsConfig
 from agent.errors import AgentError, CommandRejected, ConfigError
 from agent.validation import format_errors
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[A], Awaitable[Any]]
+Handler = Callable[[ArgsT], Awaitable[Any]]
 """Does the command; returns JSON-ready data (or a pydantic model); raises AgentError."""
 
 REQUEST_FIELDS = frozenset({"id", "args", "ts", "nonce", "sig"})
@@ -73,7 +74,7 @@ class CommandRouter:
         self._cache = ResponseCache(config.dedupe_size)
         self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {}
 
-    def register(self, command: Command[A], handler: Handler[A]) -> None:
+    def register(self, command: Command[ArgsT], handler: Handler[ArgsT]) -> None:
         if COMMANDS.get(command.name) is not command:
             raise ValueError(f"{command.name!r} is not in the command table")
         self._handlers[command.name] = handler

@@ -52,13 +52,13 @@ class LogLevelArgs(CommandArgs):
     """A logger name such as `agent.modbus`; the agent's root logger unless set."""
 
 
-A = TypeVar("A", bound=CommandArgs)
+ArgsT = TypeVar("ArgsT", bound=CommandArgs)
 
 
 @dataclass(frozen=True)
-class Command(Generic[A]):
+class Command(Generic[ArgsT]):
     name: str
-    args: type[A]
+    args: type[ArgsT]
     summary: str
 
 

@@ -144,5 +144,3 @@ def _duration(seconds: float) -> str:
     if hours:
         return f"{hours}h {minutes}m {secs}s"
     return f"{minutes}m {secs}s"
-
-

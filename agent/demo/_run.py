@@ -21,8 +21,7 @@ from agent.demo._setup import prepare
 from agent.demo._view import DemoView
 from agent.errors import ConfigError
 from agent.mqtt import watch
-from agent.runtime import Agent
-from agent.runtime._lifecycle import run_until_stopped
+from agent.runtime import Agent, run_until_stopped
 from agent.sim import PumpDevice, PumpModel, SimServer
 
 REPO = Path(__file__).resolve().parent.parent.parent

@@ -32,6 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent import __version__
+from agent._ratelimit import TokenBucket
 from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
 from agent.mqtt._client import new_client
@@ -62,28 +63,6 @@ class Incoming:
 Handler = Callable[[Incoming], Awaitable[None]]
 
 
-class _RateLimit:
-    """A token bucket: `rate` messages/s on average, bursts of up to 50 ms worth."""
-
-    def __init__(self, rate: float | None) -> None:
-        self._rate = rate
-        self._burst = 1.0 if rate is None else max(1.0, rate / 20)
-        self._tokens = self._burst
-        self._last = time.monotonic()
-
-    async def take(self) -> None:
-        if self._rate is None:
-            return
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-            self._last = now
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await asyncio.sleep((1 - self._tokens) / self._rate)
-
-
 class MqttLink:
     """Connects on entry and keeps reconnecting until exit; never fails for broker outages.
 
@@ -105,7 +84,10 @@ class MqttLink:
         self._engine = engine
         self._client_id = config.client_id or node_id
         self.status_topic = f"{config.topic_prefix}/{node_id}/status"
-        self._rate = _RateLimit(drain_rate)
+        self._pace = (
+            None if drain_rate is None else TokenBucket(drain_rate, max(1.0, drain_rate / 20))
+        )
+        """Bursts of up to 50 ms worth of the rate."""
         self._handlers: dict[str, Handler] = {}
         self._client: aiomqtt.Client | None = None
         self._stop = asyncio.Event()
@@ -287,7 +269,8 @@ class MqttLink:
         after = 0
         while True:
             for message in await self._outbox.next_batch(after, _READ_BATCH):
-                await self._rate.take()
+                if self._pace is not None:
+                    await self._pace.wait()
                 await window.acquire()
                 task = asyncio.create_task(self._publish(client, message, window, lost))
                 self._inflight.add(task)

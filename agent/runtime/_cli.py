@@ -49,19 +49,17 @@ async def serve(config: AgentConfig, config_path: Path | None, *, grace_s: float
         if config_path is not None:
             loop.add_signal_handler(signal.SIGHUP, _reload, agent, config_path)
         try:
-            await run_until_stopped(agent.run, grace_s=grace_s)
+            reloaded = await run_until_stopped(agent.run, grace_s=grace_s)
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
-        if agent.reload is None:
+        if reloaded is None:
             return
         log.info("config reloaded from %s: starting again", config_path)
-        config = agent.reload
+        config = reloaded
 
 
 def _reload(agent: Agent, config_path: Path) -> None:
     try:
-        agent.reload = load_config(config_path)
+        agent.restart(load_config(config_path))
     except ConfigError as err:
         log.error("SIGHUP: the config was not reloaded, the agent goes on as it was: %s", err)
-        return
-    agent.request_stop()

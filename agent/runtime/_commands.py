@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from agent.commands import (
     CONFIG_RELOAD,
@@ -21,35 +23,44 @@ from agent.commands import (
     set_log_level,
     status_handler,
 )
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from agent.errors import CommandFailed, ConfigError
+from agent.modbus import DevicePool
+from agent.runtime._versions import ModuleVersions
+from agent.status import SnapshotProvider
 
-if TYPE_CHECKING:
-    from agent.runtime._agent import Agent
 
-
-def register_commands(agent: Agent) -> CommandRouter:
-    config = agent.config
+def register_commands(
+    config: AgentConfig,
+    config_path: Path | None,
+    versions: ModuleVersions,
+    devices: DevicePool,
+    snapshot: SnapshotProvider,
+    *,
+    on_reload: Callable[[AgentConfig], None],
+) -> CommandRouter:
+    """The command table of one running agent; `on_reload` gets a re-read, valid config."""
+    supply = versions.supply
     router = CommandRouter(config.commands, prefix=config.mqtt.topic_prefix, node_id=config.node.id)
 
     async def deploy(args: DeployArgs) -> dict[str, Any]:
-        installed = await agent.supply.deploy(
+        installed = await supply.deploy(
             args.reference, digest=args.digest, allow_downgrade=args.allow_downgrade
         )
         return {"name": installed.name, "version": installed.version, "digest": installed.digest}
 
     async def remove(args: ModuleNameArgs) -> dict[str, Any]:
-        await agent.supply.remove(args.name)
+        await supply.remove(args.name)
         return {"name": args.name}
 
     async def rollback(args: ModuleNameArgs) -> dict[str, Any]:
-        done = await agent.supply.rollback(args.name, "operator request")
+        done = await supply.rollback(args.name, "operator request")
         return {"name": done.name, "from": done.from_digest, "to": done.to_digest}
 
     async def module_list(_: NoArgs) -> list[dict[str, Any]]:
-        states = {s.name: s for s in agent.supply.modules()}
+        states = {s.name: s for s in supply.modules()}
         listed = []
-        for stats in agent.pipeline.status():
+        for stats in versions.pipeline.status():
             state = states.get(stats.name)
             listed.append(
                 {
@@ -66,23 +77,23 @@ def register_commands(agent: Agent) -> CommandRouter:
         return listed
 
     async def device_write(args: DeviceWriteArgs) -> dict[str, Any]:
-        value = await agent.devices.write(args.device, args.point, args.value)
+        value = await devices.write(args.device, args.point, args.value)
         return {"device": args.device, "point": args.point, "value": value}
 
     async def reload(_: NoArgs) -> dict[str, Any]:
-        if agent.config_path is None:
+        if config_path is None:
             raise CommandFailed("this agent was started without a config file to re-read")
         try:
-            agent.reload = load_config(agent.config_path)
+            on_reload(load_config(config_path))
         except ConfigError as err:
             raise CommandFailed(f"the config was not reloaded: {err}") from err
-        return {"config": str(agent.config_path), "restarting": True}
+        return {"config": str(config_path), "restarting": True}
 
     router.register(MODULE_DEPLOY, deploy)
     router.register(MODULE_REMOVE, remove)
     router.register(MODULE_ROLLBACK, rollback)
     router.register(MODULE_LIST, module_list)
-    router.register(STATUS, status_handler(agent.snapshot))
+    router.register(STATUS, status_handler(snapshot))
     router.register(DEVICE_WRITE, device_write)
     router.register(CONFIG_RELOAD, reload)
     router.register(LOG_LEVEL, set_log_level)

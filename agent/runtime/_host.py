@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from agent.errors import ModuleError
 from agent.reading import Reading
 from agent.status import ModuleStatus
-from agent.wasm import Message, ReactorModule
+from agent.wasm import Emitted, ReactorModule
 
 _T = TypeVar("_T")
 _LATENCY_WINDOW = 1024
@@ -61,7 +61,7 @@ class ModuleHost:
             raise
         return host
 
-    async def process(self, reading: Reading) -> list[Message]:
+    async def process(self, reading: Reading) -> list[Emitted]:
         """Run one reading; a module fault is counted, logged and raised to the caller."""
         started = time.perf_counter()
         try:
@@ -115,7 +115,7 @@ class ModuleHost:
             await self._run(module.close)
         self._executor.shutdown(wait=True)
 
-    def _on_reading(self, reading: Reading) -> list[Message]:
+    def _on_reading(self, reading: Reading) -> list[Emitted]:
         if self._module is None:
             raise ModuleError(self.name, "is stopped")
         return self._module.on_reading(reading)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+T = TypeVar("T")
 
 
 async def run_until_stopped(
-    main: Callable[[asyncio.Event], Awaitable[None]], *, grace_s: float = 15.0
-) -> None:
+    main: Callable[[asyncio.Event], Awaitable[T]], *, grace_s: float = 15.0
+) -> T | None:
     """Run `main(stop)`; SIGTERM or SIGINT sets `stop`, and `main` winds down by itself.
+
+    Returns what `main` returned, or None when it had to be cancelled.
 
     A second signal, or `grace_s` seconds after the first, cancels `main`: an operator
     who presses Ctrl-C twice, or systemd's stop timeout, must always win.
@@ -44,8 +47,12 @@ async def run_until_stopped(
             if not done:
                 log.warning("still stopping after %.0f s: stopping now", grace_s)
                 task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # the caller itself was cancelled
+            return None
     finally:
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)

@@ -124,7 +124,7 @@ def reactor_factory(engine: Engine, spec: ModuleSpec) -> Callable[[], ReactorMod
 
         instance_host = functools.partial(nn_host_functions, ModelSet.from_files(spec.models))
 
-    def make() -> ReactorModule:
+    def start() -> ReactorModule:
         compiled = engine.compile(spec.wasm, spec.name)
         try:
             return ReactorModule(
@@ -140,4 +140,4 @@ def reactor_factory(engine: Engine, spec: ModuleSpec) -> Callable[[], ReactorMod
             compiled.close()
             raise
 
-    return make
+    return start

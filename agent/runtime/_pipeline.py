@@ -22,7 +22,7 @@ from agent.errors import ModuleError
 from agent.reading import Reading
 from agent.runtime._host import ModuleHost
 from agent.status import ModuleStatus
-from agent.wasm import Message
+from agent.wasm import Emitted
 
 log = logging.getLogger(__name__)
 
@@ -165,9 +165,9 @@ class Pipeline:
         try:
             messages = await host.process(reading)
         except ModuleError as err:
-            await self._tell(host, err)
+            await self._report_outcome(host, err)
             return
-        await self._tell(host, None)
+        await self._report_outcome(host, None)
         followers = [s for s in self._stages.values() if s.route.after == host.name]
         for message in messages:
             await self._publish(message.topic, message.payload)
@@ -177,7 +177,7 @@ class Pipeline:
     async def _publish(self, topic: str, payload: bytes) -> None:
         await self._sink.put(f"{self._root}/{topic}", payload, qos=self._qos_for(topic))
 
-    async def _feed(self, stage: _Stage, message: Message, followers: list[_Stage]) -> None:
+    async def _feed(self, stage: _Stage, message: Emitted, followers: list[_Stage]) -> None:
         try:
             reading = Reading.from_json(json.loads(message.payload))
         except ValueError as err:
@@ -194,6 +194,6 @@ class Pipeline:
         for follower in followers:
             await self._enqueue(follower, reading)
 
-    async def _tell(self, host: ModuleHost, err: ModuleError | None) -> None:
+    async def _report_outcome(self, host: ModuleHost, err: ModuleError | None) -> None:
         if self._on_outcome is not None:
             await self._on_outcome(host, err)

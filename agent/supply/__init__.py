@@ -6,7 +6,8 @@ blob matched its digest; `Supply` keeps the current and previous version of each
 module and rolls back by itself when a new version faults past its budget.
 """
 
-from agent.supply._deploy import OnActivate, OnRemove, RolledBack, SmokeTest, Supply
+from agent.supply._cli import add_supply_commands
+from agent.supply._deploy import ModuleRunner, RolledBack, Supply
 from agent.supply._fetch import (
     Verified,
     open_repository,
@@ -40,17 +41,16 @@ __all__ = [
     "LayoutRepository",
     "ModuleLimits",
     "ModuleManifest",
+    "ModuleRunner",
     "ModuleState",
-    "OnActivate",
-    "OnRemove",
     "Packaged",
     "PublicKey",
     "Reference",
     "Repository",
     "RolledBack",
-    "SmokeTest",
     "Supply",
     "Verified",
+    "add_supply_commands",
     "decrypt_private_key",
     "encrypt_private_key",
     "generate_key",

@@ -24,7 +24,7 @@ from agent.supply._store import ContentStore
 _Sub = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def register(commands: Any, module: Any) -> None:
+def add_supply_commands(commands: Any, module: Any) -> None:
     """Add the supply commands to the top-level and `module` sub-command parsers."""
     key = commands.add_parser("key", help="cosign-compatible signing keys").add_subparsers(
         title="key commands", metavar="COMMAND"

@@ -1,10 +1,10 @@
 """Deploying module versions: pull, verify, stage, smoke-test, activate, roll back.
 
 `Supply` owns the desired and actual state and the store; the runtime owns the
-engines. The runtime injects `smoke_test` (instantiate the staged version, feed it the
-manifest's test readings) and `on_activate` (swap it in between two readings), and
-feeds the rollout guard through `record` after each invocation. A failure at any step
-before activation leaves the running version untouched.
+engines. The runtime is the `ModuleRunner`: it smoke-tests a staged version (starts it,
+feeds it the manifest's test readings), activates it (swaps it in between two readings)
+or stops a module, and feeds the rollout guard through `record` after each invocation.
+A failure at any step before activation leaves the running version untouched.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.config import AgentConfig
 from agent.errors import (
@@ -34,16 +34,18 @@ from agent.supply._store import ContentStore, InstalledModule
 
 log = logging.getLogger(__name__)
 
-SmokeTest = Callable[[InstalledModule], Awaitable[None]]
-"""Instantiates a staged version and runs its test readings; raises on failure."""
-OnActivate = Callable[[InstalledModule], Awaitable[None]]
-"""Swaps the given version in (new, or the previous one after a rollback)."""
-OnRemove = Callable[[str], Awaitable[None]]
-"""Stops the named module: removed, or rolled back with nothing to return to."""
 
+class ModuleRunner(Protocol):
+    """What the supply needs of the runtime: it decides which version runs, this runs it."""
 
-async def _nothing(_: object) -> None:
-    return None
+    async def smoke_test(self, installed: InstalledModule) -> None:
+        """Start the staged version and feed it its test readings; raise on failure."""
+
+    async def activate(self, installed: InstalledModule) -> None:
+        """Swap the version in: a new one, or the previous one after a rollback."""
+
+    async def stop(self, name: str) -> None:
+        """Stop the module: removed, or rolled back with nothing to return to."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,12 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         self,
         config: AgentConfig,
         keys: list[PublicKey],
-        smoke_test: SmokeTest,
-        on_activate: OnActivate,
-        on_remove: OnRemove,
+        runner: ModuleRunner,
     ) -> None:
         root = config.node.state_dir / "supply"
         self._config = config.supply
         self._keys = keys
-        self._smoke_test = smoke_test
-        self._on_activate = on_activate
-        self._on_remove = on_remove
+        self._runner = runner
         self._store = ContentStore(root)
         self._state = StateDB(root / "state.sqlite")
         self._guard = RolloutGuard(
@@ -83,18 +81,9 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         self._loaded: dict[str, InstalledModule] = {}
 
     @classmethod
-    async def create(
-        cls,
-        config: AgentConfig,
-        *,
-        smoke_test: SmokeTest,
-        on_activate: OnActivate = _nothing,
-        on_remove: OnRemove = _nothing,
-    ) -> Supply:
+    async def create(cls, config: AgentConfig, runner: ModuleRunner) -> Supply:
         """Open the state (resuming what a previous run left) and load the trusted keys."""
-        return cls(
-            config, trusted_keys(config.supply.trusted_keys), smoke_test, on_activate, on_remove
-        )
+        return cls(config, trusted_keys(config.supply.trusted_keys), runner)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.close()
@@ -143,7 +132,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
                 self._collect()
             self._state.settle(key, "done")
         if changed:
-            await self._on_activate(installed)
+            await self._runner.activate(installed)
         return installed
 
     async def _install(self, key: str, allow_downgrade: bool) -> tuple[InstalledModule, bool]:
@@ -164,7 +153,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
                     f"running {running.version}; deploy with allow_downgrade to install it"
                 )
         try:
-            await self._smoke_test(installed)
+            await self._runner.smoke_test(installed)
         except Exception as err:
             raise SmokeTestFailed(
                 f"module {installed.name!r} {installed.version} ({installed.digest}) failed its "
@@ -196,9 +185,9 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
             self._collect()
         log.warning("module %s: rolled back from %s: %s", name, state.current, reason)
         if previous is None:
-            await self._on_remove(name)
+            await self._runner.stop(name)
         else:
-            await self._on_activate(previous)
+            await self._runner.activate(previous)
         return RolledBack(name, state.current, state.previous, reason)
 
     async def remove(self, name: str) -> None:
@@ -208,7 +197,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
             self._guard.stop(name)
             self._state.remove(name)
             self._collect()
-        await self._on_remove(name)
+        await self._runner.stop(name)
 
     async def record(self, name: str, digest: str, ok: bool, cause: str = "") -> RolledBack | None:
         """Feed the rollout guard one invocation's outcome; rolls back when over budget."""

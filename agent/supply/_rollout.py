@@ -25,10 +25,6 @@ class RolloutGuard:
     def stop(self, name: str) -> None:
         self._watching.pop(name, None)
 
-    def watching(self, name: str) -> str | None:
-        watch = self._watching.get(name)
-        return watch.digest if watch else None
-
     def record(self, name: str, digest: str, ok: bool, cause: str) -> str | None:
         """Count one invocation; the reason to roll back once faults exceed the budget."""
         watch = self._watching.get(name)

@@ -2,7 +2,7 @@
 
 `modules` holds, per module name, the active (current) and the previous digest;
 `desired` the deploy requests not yet done (a node offline keeps them until it can
-pull); `rejected` the versions rolled back, with why. Every change is one transaction.
+pull). Every change is one transaction.
 """
 
 from __future__ import annotations
@@ -19,8 +19,6 @@ CREATE TABLE IF NOT EXISTS modules (
 CREATE TABLE IF NOT EXISTS desired (
     ref TEXT PRIMARY KEY, allow_downgrade INTEGER NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS rejected (
-    digest TEXT PRIMARY KEY, name TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL);
 """
 
 
@@ -101,14 +99,3 @@ class StateDB:
             (status,) if status else (),
         )
         return [DesiredState(r, bool(a), s, why) for r, a, s, why in rows]
-
-    def reject(self, digest: str, name: str, reason: str) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?)",
-                (digest, name, reason, time.time()),
-            )
-
-    def rejection(self, digest: str) -> str | None:
-        row = self._db.execute("SELECT reason FROM rejected WHERE digest = ?", (digest,)).fetchone()
-        return str(row[0]) if row else None

@@ -14,7 +14,7 @@ from agent.wasm._api import (
 from agent.wasm.engines import EngineChoice, EngineFound, create_engine, find_engines
 from agent.wasm.guest import (
     ABI_VERSION,
-    Message,
+    Emitted,
     ReactorModule,
     encode_reading,
     run_command,
@@ -23,6 +23,7 @@ from agent.wasm.guest import (
 __all__ = [
     "ABI_VERSION",
     "CompiledModule",
+    "Emitted",
     "Engine",
     "EngineChoice",
     "EngineFound",
@@ -30,7 +31,6 @@ __all__ = [
     "HostFunction",
     "Instance",
     "Limits",
-    "Message",
     "ModuleInfo",
     "Preopen",
     "ReactorModule",

@@ -290,13 +290,13 @@ class Runtime:
         finally:
             module.close()
 
-    async def on_activate(self, m: InstalledModule) -> None:
+    async def activate(self, m: InstalledModule) -> None:
         old = self.running.pop(m.name, None)
         self.running[m.name] = (m.digest, self.instantiate(m))
         if old:
             old[1].close()
 
-    async def on_remove(self, name: str) -> None:
+    async def stop(self, name: str) -> None:
         self.running.pop(name)[1].close()
 
     async def feed(self, supply: Supply, name: str, seq: int) -> Any:
@@ -322,6 +322,4 @@ def runtime() -> Iterator[Runtime]:
 
 
 async def open_supply(config: AgentConfig, rt: Runtime) -> Supply:
-    return await Supply.create(
-        config, smoke_test=rt.smoke_test, on_activate=rt.on_activate, on_remove=rt.on_remove
-    )
+    return await Supply.create(config, rt)

@@ -3,7 +3,7 @@ engine."""
 
 from agent.wasm.guest._reactor import (
     ABI_VERSION,
-    Message,
+    Emitted,
     ReactorModule,
     encode_reading,
     run_command,
@@ -11,7 +11,7 @@ from agent.wasm.guest._reactor import (
 
 __all__ = [
     "ABI_VERSION",
-    "Message",
+    "Emitted",
     "ReactorModule",
     "encode_reading",
     "run_command",

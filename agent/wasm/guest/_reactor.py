@@ -33,12 +33,11 @@ _MAX_LOG_BYTES = 4096
 _KNOWN_TOPICS = 64
 """Checked topics remembered per module; most modules emit to one or two, always."""
 _REACTOR_EXPORTS = ("edge_abi_version", "edge_alloc", "edge_configure", "edge_on_reading")
-_ALLOWED_IMPORT_MODULES = frozenset({"edge", "wasi_snapshot_preview1"})
 _NN_MODULE = "wasi_ephemeral_nn"
 
 
 @dataclass(frozen=True)
-class Message:
+class Emitted:
     """One message a module emitted; `topic` is relative to the node's prefix."""
 
     topic: str
@@ -177,7 +176,6 @@ class ReactorModule:
         limits: Limits | None = None,
         wasi: WasiSpec | None = None,
         emit_topics: Sequence[str] | None = None,
-        extra_host: Sequence[HostFunction] = (),
         owns_compiled: bool = False,
         instance_host: Callable[[], Sequence[HostFunction]] | None = None,
     ) -> None:
@@ -198,7 +196,6 @@ class ReactorModule:
         self._host = (
             HostFunction("edge", "emit", 4, True, self._emit),
             HostFunction("edge", "log", 3, False, self._log_line),
-            *extra_host,
         )
         missing = [e for e in _REACTOR_EXPORTS if e not in compiled.info.exported_functions]
         if missing:
@@ -208,7 +205,7 @@ class ReactorModule:
         # Host functions with state that must die with each instance (WASI-NN's graphs).
         self._instance_host = instance_host or tuple
         check_imports(compiled, (*self._host, *self._instance_host()))
-        self._pending: list[Message] = []
+        self._pending: list[Emitted] = []
         self._topics: dict[bytes, str] = {}  # topics already checked, as the module spells them
         self._instance: Instance | None = None
         self._buffer = (0, 0)
@@ -236,11 +233,11 @@ class ReactorModule:
             self._drop()
             raise
 
-    def on_reading(self, reading: Reading) -> list[Message]:
+    def on_reading(self, reading: Reading) -> list[Emitted]:
         doc, blob = encode_reading(reading)
         return self._invoke("edge_on_reading", doc, blob)
 
-    def _invoke(self, function: str, doc: bytes, blob: bytes) -> list[Message]:
+    def _invoke(self, function: str, doc: bytes, blob: bytes) -> list[Emitted]:
         if self._closed:
             raise errors.ModuleError(self.name, "module is closed")
         if self._instance is None:
@@ -318,7 +315,7 @@ class ReactorModule:
             topic = self._checked_topic(raw_topic)
             if len(self._topics) < _KNOWN_TOPICS:
                 self._topics[raw_topic] = topic
-        self._pending.append(Message(topic, payload))
+        self._pending.append(Emitted(topic, payload))
         return 0
 
     def _checked_topic(self, raw: bytes) -> str:
@@ -376,7 +373,7 @@ def run_command(
     limits: Limits | None = None,
     wasi: WasiSpec | None = None,
     topic: str = "out",
-) -> list[Message]:
+) -> list[Emitted]:
     """Run a WASI command module once over `readings`: one line each on stdin."""
     if "_start" not in compiled.info.exported_functions:
         raise errors.InvalidModule(compiled.name, "is not a WASI command: it exports no _start")
@@ -404,4 +401,4 @@ def run_command(
     finally:
         output.flush()
         instance.close()
-    return [Message(topic, line) for line in output.stdout_lines if line]
+    return [Emitted(topic, line) for line in output.stdout_lines if line]

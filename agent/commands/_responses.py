@@ -1,35 +1,10 @@
-"""Bounds on what commands may cost: a token bucket and a cache of recent responses."""
+"""A cache of recent command responses, so a re-sent request is answered, not re-run."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
-
-
-class TokenBucket:
-    """`rate` tokens a second, at most `burst` saved up; one command takes one token."""
-
-    def __init__(
-        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        if rate <= 0 or burst < 1:
-            raise ValueError(f"need rate > 0 and burst >= 1, got rate={rate}, burst={burst}")
-        self._rate = rate
-        self._burst = float(burst)
-        self._clock = clock
-        self._tokens = float(burst)
-        self._last = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
+from collections.abc import Hashable
 
 
 class ResponseCache:
