@@ -1,11 +1,18 @@
-"""Shared fixtures: the engines under test, the built guest modules, MQTT peers.
+"""Shared fixtures: the engines under test, the built guest modules, the peers.
 
 Every engine test runs on each available engine. WasmEdge is not on the package
 registries, so its cases are skipped, with the reason, where the library is absent.
+
+A test that starts a peer (mosquitto, Debian's docker-registry, a socat pty pair, ...)
+carries its marker, given by the fixture it uses or written on it, so `-m "not
+registry"` leaves those out. A peer that is not installed fails the test with the
+install line; with EDGE_AGENT_NO_INSTALL=1 (see scripts/need-packages) it skips instead.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +26,53 @@ pytest_plugins = ["tests.brokers"]
 
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "modules" / "dist"
+
+
+PEERS = {
+    "mosquitto": (
+        ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr"),
+        ("mosquitto", "mosquitto-clients"),
+    ),
+    "registry": (("docker-registry",), ("docker-registry",)),
+    "socat": (("socat",), ("socat",)),
+    "systemd": (("systemd-analyze",), ("systemd",)),
+    "shellcheck": (("shellcheck",), ("shellcheck",)),
+}
+"""Marker: (the commands the tests run, the Debian packages that have them)."""
+
+_PEER_FIXTURES = {
+    "mosquitto": "mosquitto",
+    "registry": "registry",
+    "secure_registry": "registry",
+    "pty_pair": "socat",
+}
+
+
+def _installed(command: str) -> bool:
+    return shutil.which(command) is not None or Path("/usr/sbin", command).exists()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in _PEER_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker, (commands, packages) in PEERS.items():
+        if item.get_closest_marker(marker) is None:
+            continue
+        missing = [c for c in commands if not _installed(c)]
+        if not missing:
+            continue
+        why = (
+            f"needs {', '.join(missing)}: run scripts/test as root, which installs it, "
+            f"or `sudo apt-get install -y {' '.join(packages)}`"
+        )
+        if os.environ.get("EDGE_AGENT_NO_INSTALL"):
+            pytest.skip(why)
+        pytest.fail(why, pytrace=False)
 
 
 def wasmedge_missing() -> str | None:

@@ -144,6 +144,7 @@ def test_broker_down_is_an_error_naming_it_and_fast(
     assert report.elapsed < 5
 
 
+@pytest.mark.mosquitto
 def test_wrong_password_says_authentication_failed(
     tmp_path: Path, pump_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -167,6 +168,7 @@ def test_wrong_password_says_authentication_failed(
 # paho-mqtt 2.2 does not close its socket when the TLS handshake fails
 # (`Client._ssl_wrap_socket`); it is closed when collected, with a ResourceWarning.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.mosquitto
 def test_an_untrusted_broker_certificate_is_a_tls_error(
     tmp_path: Path, pki: Pki, pump_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,39 +17,15 @@ import pytest
 from agent.commands import CommandRouter, CommandVerifier, load_public_keys, sign_request
 from agent.config import CommandsConfig
 
+from .brokers import Mosquitto
 from .test_commands import Modules, keypair, make_router
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto") is None or shutil.which("mosquitto_pub") is None,
-    reason="mosquitto and mosquitto-clients absent (apt install mosquitto mosquitto-clients)",
-)
 NODE = "edge/gateway-17/cmd"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"mosquitto exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-                subprocess.run(["sleep", "0.05"], check=True)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        proc.stderr.close()  # type: ignore[union-attr]
+def broker(mosquitto: Mosquitto) -> int:
+    return mosquitto.port
 
 
 def client(tool: str, port: int, *args: str) -> list[str]:

@@ -31,9 +31,7 @@ def run(
     )
 
 
-@pytest.mark.skipif(
-    shutil.which("shellcheck") is None, reason="shellcheck absent (apt install shellcheck)"
-)
+@pytest.mark.shellcheck
 def test_shellcheck_is_clean() -> None:
     result = subprocess.run(
         ["shellcheck", str(SCRIPT)], capture_output=True, text=True, check=False

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import json
 import logging
-import shutil
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +24,7 @@ from agent.modbus import DevicePool
 from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
 from tests._registers import image
+from tests.brokers import until
 
 GROUPS: dict[str, list[dict[str, Any]]] = {
     "fast": [
@@ -133,11 +133,11 @@ class Collector:
         return [r for r in self.readings if r.device == name]
 
     async def wait(self, check: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 10
-        while not check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in 10 s; got {self.readings[-3:]}")
-            await asyncio.sleep(0.01)
+        """Until `check()` holds; device state has no event, so this polls (`until`)."""
+        try:
+            await until(check, 10)
+        except TimeoutError:
+            raise AssertionError(f"condition not met in 10 s; got {self.readings[-3:]}") from None
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
@@ -210,8 +210,6 @@ def test_single_register_devices_read_address_by_address(map_file: Callable[[flo
 
 @pytest.fixture
 def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    if shutil.which("socat") is None:
-        pytest.fail("socat is not installed (.ci/run installs it)")
     a, b = tmp_path / "ttyA", tmp_path / "ttyB"
     proc = subprocess.Popen(
         ["socat", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],

@@ -253,6 +253,7 @@ def test_status_is_retained_online_then_offline(mosquitto: Mosquitto, tmp_path: 
     asyncio.run(scenario())
 
 
+@pytest.mark.mosquitto
 def test_mutual_tls_with_password(tmp_path: Path, pki: Pki) -> None:
     broker = Mosquitto(tmp_path, pki=pki, passwords={"node": "s3cret"})
     broker.start()

@@ -13,6 +13,7 @@ from agent.errors import ModuleError
 from agent.reading import Reading, Value
 from agent.runtime import ModuleHost, Pipeline, Route
 from agent.wasm import Engine, Limits, ReactorModule
+from tests.brokers import until
 from tests.conftest import module_bytes
 
 pytestmark = pytest.mark.arm64
@@ -182,10 +183,7 @@ def test_a_module_over_its_deadline_does_not_hold_up_the_others(engine: Engine) 
                 await pipeline.on_reading(reading("pump-1", seq, 1.0))
             # The echo module finishes its three readings while the looping one is
             # still inside its first deadline.
-            for _ in range(100):
-                if len(sink.on(f"{ROOT}/echo")) == 3:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: len(sink.on(f"{ROOT}/echo")) == 3, 1)
             loop_host = pipeline.host("loop")
             assert loop_host is not None
             assert loop_host.status().invocations < 3

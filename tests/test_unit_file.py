@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +14,7 @@ from .conftest import REPO
 UNIT = REPO / "systemd" / "edge-agent.service"
 EXEC_START = "/opt/edge-agent/venv/bin/edge-agent run --config /etc/edge-agent/agent.toml"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze absent (apt install systemd)"
-)
+pytestmark = pytest.mark.systemd
 
 
 def analyze(*args: str) -> subprocess.CompletedProcess[str]:

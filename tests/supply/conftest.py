@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -41,7 +40,6 @@ from agent.wasm import Engine, Limits, ReactorModule, create_engine
 
 from ..conftest import DIST
 
-REGISTRY_BIN = shutil.which("docker-registry")
 PASSWORD = b"test-password"
 
 
@@ -102,8 +100,6 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 
 
 def _start(tmp: Path, secure: bool) -> Iterator[Registry]:
-    if REGISTRY_BIN is None:
-        pytest.fail("docker-registry is not installed (apt-get install docker-registry)")
     port = _free_port()
     storage = tmp / "storage"
     http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": "test"}
@@ -128,7 +124,7 @@ def _start(tmp: Path, secure: bool) -> Iterator[Registry]:
     log = tmp / "registry.log"
     with log.open("wb") as stderr:
         proc = subprocess.Popen(
-            [REGISTRY_BIN, "serve", str(config_path)], stdout=subprocess.DEVNULL, stderr=stderr
+            ["docker-registry", "serve", str(config_path)], stdout=subprocess.DEVNULL, stderr=stderr
         )
     try:
         _wait_listening(port, proc, log)
