@@ -1,15 +1,20 @@
-"""One owning Python class per WasmEdge C handle.
+"""One owning Python class per WasmEdge C handle, and the only callers of the C API
+besides the host-function trampoline (`_callbacks`).
 
 Each wrapper owns its pointer, frees it exactly once in `close()`, refuses use after
 close, works as a context manager, and keeps a reference to whatever must outlive it
-(a VM keeps its configure context and the host modules registered into it).
+(a VM keeps its configure context and the host modules registered into it). A call
+that WasmEdge refuses raises `Refused` with its result code; the engine decides what
+that means for the module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -20,6 +25,20 @@ from agent.wasm.engines.wasmedge._callbacks import TRAMPOLINE
 
 class ClosedHandle(RuntimeError):
     """A WasmEdge object was used after it was closed: a bug in the caller."""
+
+
+class Refused(Exception):
+    """WasmEdge returned an error result: `result` is its code, `message` its words."""
+
+    def __init__(self, lib: _ffi.Library, result: int) -> None:
+        self.result = result
+        self.message = lib.message(result)
+        super().__init__(self.message)
+
+
+def _check(lib: _ffi.Library, result: int) -> None:
+    if result:
+        raise Refused(lib, result)
 
 
 class Handle:
@@ -75,38 +94,108 @@ class Handle:
 
 
 class Configure(Handle):
+    """Settings for a loader, validator, compiler or VM; WASI is always registered."""
+
     def __init__(self, lib: _ffi.Library) -> None:
         c = lib.cdll
         super().__init__(
             lib, c.WasmEdge_ConfigureCreate(), c.WasmEdge_ConfigureDelete, "configure context"
         )
+        c.WasmEdge_ConfigureAddHostRegistration(self.ptr, _ffi.HOST_REG_WASI)
+
+    def meter(self) -> None:
+        """Count instructions and their cost, so a cost limit (fuel) can stop a call."""
+        c = self.lib.cdll
+        c.WasmEdge_ConfigureStatisticsSetInstructionCounting(self.ptr, True)
+        c.WasmEdge_ConfigureStatisticsSetCostMeasuring(self.ptr, True)
+
+    def aot(self, *, interruptible: bool) -> None:
+        """Compile at O2 into a wasm file's custom section, and run that native code."""
+        c = self.lib.cdll
+        c.WasmEdge_ConfigureCompilerSetOptimizationLevel(self.ptr, _ffi.OPT_O2)
+        c.WasmEdge_ConfigureCompilerSetOutputFormat(self.ptr, _ffi.OUTPUT_FORMAT_WASM)
+        c.WasmEdge_ConfigureCompilerSetInterruptible(self.ptr, interruptible)
+        if "WasmEdge_ConfigureSetRunMode" in self.lib.optional:
+            c.WasmEdge_ConfigureSetRunMode(self.ptr, _ffi.RUN_MODE_AOT)
+
+    def interpret(self) -> None:
+        self.lib.cdll.WasmEdge_ConfigureSetForceInterpreter(self.ptr, True)
+
+    def add_proposal(self, proposal: int) -> None:
+        self.lib.cdll.WasmEdge_ConfigureAddProposal(self.ptr, proposal)
+
+    def cap_memory(self, pages: int) -> None:
+        self.lib.cdll.WasmEdge_ConfigureSetMaxMemoryPage(self.ptr, pages)
 
 
-class Loader(Handle):
+class _Tool(Handle):
+    """A loader, validator or compiler: made from a configure context, which it keeps."""
+
+    _KIND = ""
+    """`Loader`, `Validator` or `Compiler`: the C functions are `WasmEdge_<KIND>Create`
+    and `WasmEdge_<KIND>Delete`."""
+
     def __init__(self, lib: _ffi.Library, conf: Configure) -> None:
-        c = lib.cdll
-        super().__init__(
-            lib, c.WasmEdge_LoaderCreate(conf.ptr), c.WasmEdge_LoaderDelete, "loader", keep=(conf,)
-        )
+        create = getattr(lib.cdll, f"WasmEdge_{self._KIND}Create")
+        delete = getattr(lib.cdll, f"WasmEdge_{self._KIND}Delete")
+        super().__init__(lib, create(conf.ptr), delete, self._KIND.lower(), keep=(conf,))
 
 
-class Validator(Handle):
-    def __init__(self, lib: _ffi.Library, conf: Configure) -> None:
-        c = lib.cdll
-        super().__init__(
-            lib,
-            c.WasmEdge_ValidatorCreate(conf.ptr),
-            c.WasmEdge_ValidatorDelete,
-            "validator",
-            keep=(conf,),
-        )
+class Loader(_Tool):
+    _KIND = "Loader"
+
+    def parse(self, code: bytes) -> ASTModule:
+        out = ctypes.c_void_p()
+        data, keep = _ffi.bytes_of(code)
+        result = self.lib.cdll.WasmEdge_LoaderParseFromBytes(self.ptr, ctypes.byref(out), data)
+        del keep
+        _check(self.lib, result)
+        return ASTModule(self.lib, out.value)
+
+
+class Validator(_Tool):
+    _KIND = "Validator"
+
+    def validate(self, ast: ASTModule) -> None:
+        _check(self.lib, self.lib.cdll.WasmEdge_ValidatorValidate(self.ptr, ast.ptr))
 
 
 class ASTModule(Handle):
     """A parsed module; with AOT it also holds the mapped native code."""
 
-    def __init__(self, lib: _ffi.Library, ptr: int) -> None:
+    def __init__(self, lib: _ffi.Library, ptr: int | None) -> None:
         super().__init__(lib, ptr, lib.cdll.WasmEdge_ASTModuleDelete, "AST module")
+
+    def imports(self) -> frozenset[tuple[str, str]]:
+        """(module, name) of every import."""
+        c = self.lib.cdll
+        n = c.WasmEdge_ASTModuleListImportsLength(self.ptr)
+        items = (ctypes.c_void_p * max(n, 1))()
+        c.WasmEdge_ASTModuleListImports(self.ptr, items, n)
+        return frozenset(
+            (
+                _ffi.read_string(c.WasmEdge_ImportTypeGetModuleName(items[i])),
+                _ffi.read_string(c.WasmEdge_ImportTypeGetExternalName(items[i])),
+            )
+            for i in range(n)
+        )
+
+    def function_exports(self) -> dict[str, tuple[int, int]]:
+        """Each exported function's (parameter, result) counts, by export name."""
+        c = self.lib.cdll
+        n = c.WasmEdge_ASTModuleListExportsLength(self.ptr)
+        items = (ctypes.c_void_p * max(n, 1))()
+        c.WasmEdge_ASTModuleListExports(self.ptr, items, n)
+        signatures: dict[str, tuple[int, int]] = {}
+        for i in range(n):
+            if c.WasmEdge_ExportTypeGetExternalType(items[i]) != _ffi.EXTERNAL_FUNCTION:
+                continue
+            ftype = c.WasmEdge_ExportTypeGetFunctionType(self.ptr, items[i])
+            signatures[_ffi.read_string(c.WasmEdge_ExportTypeGetExternalName(items[i]))] = (
+                c.WasmEdge_FunctionTypeGetParametersLength(ftype),
+                c.WasmEdge_FunctionTypeGetReturnsLength(ftype),
+            )
+        return signatures
 
 
 class FunctionType(Handle):
@@ -193,6 +282,84 @@ class VM(Handle):
             self._release()
             raise
 
+    def instantiate(self, ast: ASTModule) -> None:
+        """Load, validate and link the module into this VM."""
+        c = self.lib.cdll
+        _check(
+            self.lib,
+            c.WasmEdge_VMLoadWasmFromASTModule(self.ptr, ast.ptr)
+            or c.WasmEdge_VMValidate(self.ptr)
+            or c.WasmEdge_VMInstantiate(self.ptr),
+        )
+
+    def executor(self) -> Callable[[Any, Any, int, Any, int], int]:
+        """`(name, params, nparams, returns, nreturns) -> result` for this VM: the call
+        path, so a bound C function rather than a method on top of one. It holds the
+        pointer: the caller must not use it after `close()`."""
+        return functools.partial(self.lib.cdll.WasmEdge_VMExecute, self.ptr)
+
+    def execute_registered(self, module: str, function: str) -> int:
+        """Call a function without arguments or results of a registered host module."""
+        m, keep_m = _ffi.string(module)
+        f, keep_f = _ffi.string(function)
+        result: int = self.lib.cdll.WasmEdge_VMExecuteRegistered(self.ptr, m, f, None, 0, None, 0)
+        del keep_m, keep_f
+        return result
+
+    def start(self, function: str) -> Async:
+        """Run `function` on a thread of WasmEdge's; the Async can wait for or cancel it."""
+        name, keep = _ffi.string(function)
+        job = Async(self.lib, self.lib.cdll.WasmEdge_VMAsyncExecute(self.ptr, name, None, 0), self)
+        del keep
+        return job
+
+    def statistics(self) -> Statistics:
+        return Statistics(self.lib, self.lib.cdll.WasmEdge_VMGetStatisticsContext(self.ptr), self)
+
+    def find_memory(self, name: str) -> int:
+        """The exported memory's context in the active module; 0 if there is none."""
+        active = self.lib.cdll.WasmEdge_VMGetActiveModule(self.ptr)
+        text, keep = _ffi.string(name)
+        memory = self.lib.cdll.WasmEdge_ModuleInstanceFindMemory(active, text)
+        del keep
+        return int(memory or 0)
+
+    def memory_address(self, memory: int, offset: int, length: int) -> int:
+        """The host address of `length` bytes at `offset`; valid until the memory grows."""
+        return int(self.lib.cdll.WasmEdge_MemoryInstanceGetPointer(memory, offset, length) or 0)
+
+    def init_wasi(
+        self,
+        args: Sequence[str],
+        env: Sequence[str],
+        dirs: Sequence[str],
+        stdio: Sequence[int] | None,
+    ) -> None:
+        """WASI's arguments, environment (`K=V`), preopens (`guest:host[:readonly]`),
+        and stdin, stdout and stderr as descriptors where the library takes them."""
+        c = self.lib.cdll
+        module = c.WasmEdge_VMGetImportModuleContext(self.ptr, _ffi.HOST_REG_WASI)
+        a, keep_a = c_strings(list(args))
+        e, keep_e = c_strings(list(env))
+        d, keep_d = c_strings(list(dirs))
+        if stdio is None:
+            c.WasmEdge_ModuleInstanceInitWASI(module, a, len(args), e, len(env), d, len(dirs))
+        else:
+            c.WasmEdge_ModuleInstanceInitWASIWithFds(
+                module, a, len(args), e, len(env), d, len(dirs), *stdio
+            )
+        del keep_a, keep_e, keep_d
+
+    @property
+    def takes_stdio(self) -> bool:
+        """Whether `init_wasi` can give the module descriptors of ours (0.16 and newer)."""
+        return "WasmEdge_ModuleInstanceInitWASIWithFds" in self.lib.optional
+
+    def wasi_exit_code(self) -> int:
+        c = self.lib.cdll
+        wasi = c.WasmEdge_VMGetImportModuleContext(self.ptr, _ffi.HOST_REG_WASI)
+        return int(c.WasmEdge_ModuleInstanceWASIGetExitCode(wasi))
+
     def close(self) -> None:
         super().close()
         self._release()
@@ -208,23 +375,46 @@ class VM(Handle):
         self._conf.close()
 
 
+class Statistics:
+    """A VM's statistics context: owned by the VM, so nothing to free, and not to be
+    used after the VM's `close()`."""
+
+    def __init__(self, lib: _ffi.Library, ptr: int, vm: VM) -> None:
+        self._clear = functools.partial(lib.cdll.WasmEdge_StatisticsClear, ptr)
+        self._limit = functools.partial(lib.cdll.WasmEdge_StatisticsSetCostLimit, ptr)
+        self._vm = vm
+
+    def refuel(self, fuel: int) -> None:
+        """Clear the counts and allow `fuel` more cost before the call is stopped."""
+        self._clear()
+        self._limit(fuel)
+
+
 class Async(Handle):
     """An execution started by `VMAsyncExecute`; the VM must outlive it."""
 
     def __init__(self, lib: _ffi.Library, ptr: int | None, vm: VM) -> None:
         super().__init__(lib, ptr, lib.cdll.WasmEdge_AsyncDelete, "async execution", keep=(vm,))
 
+    def wait(self) -> None:
+        self.lib.cdll.WasmEdge_AsyncWait(self.ptr)
 
-class Compiler(Handle):
-    def __init__(self, lib: _ffi.Library, conf: Configure) -> None:
-        c = lib.cdll
-        super().__init__(
-            lib,
-            c.WasmEdge_CompilerCreate(conf.ptr),
-            c.WasmEdge_CompilerDelete,
-            "AOT compiler",
-            keep=(conf,),
-        )
+    def cancel(self) -> None:
+        """Set the VM's stop token: its next interruptible check ends the running call."""
+        self.lib.cdll.WasmEdge_AsyncCancel(self.ptr)
+
+
+class Compiler(_Tool):
+    """The AOT compiler; a library built without LLVM cannot make one."""
+
+    _KIND = "Compiler"
+
+    def compile(self, code: bytes, out: Path) -> None:
+        """Write `code` with native code in a custom section to `out`; also validates."""
+        data, keep = _ffi.bytes_of(code)
+        result = self.lib.cdll.WasmEdge_CompilerCompileFromBytes(self.ptr, data, str(out).encode())
+        del keep
+        _check(self.lib, result)
 
 
 def c_strings(items: list[str]) -> tuple[Any, list[bytes]]:
