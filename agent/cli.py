@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent._json import parse_json
 from agent.check import add_check_command
 from agent.commands import add_command_commands
 from agent.config import load_config
@@ -111,7 +112,7 @@ def _model_arg(text: str) -> tuple[str, Path]:
 
 def _module_run(args: argparse.Namespace) -> int:
     try:
-        module_config = json.loads(args.config)
+        module_config = parse_json(args.config)
     except ValueError as err:
         print(f"edge-agent: --config is not valid JSON: {err}", file=sys.stderr)
         return 2
@@ -163,7 +164,7 @@ def _read_readings(path: Path) -> Iterator[Reading]:
             if not line.strip():
                 continue
             try:
-                yield Reading.from_json(json.loads(line))
+                yield Reading.from_json(parse_json(line))
             except ValueError as err:
                 raise ValueError(f"{path}:{number}: {err}") from err
 

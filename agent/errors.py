@@ -155,6 +155,10 @@ class OutboxError(AgentError):
     """The durable outbox cannot be opened or written (in use, corrupt, disk full)."""
 
 
+class JournalError(AgentError):
+    """The reading journal cannot be opened or written (in use, corrupt, disk full)."""
+
+
 class MqttUnavailable(AgentError):
     """A direct publish needs a broker connection and there is none right now."""
 

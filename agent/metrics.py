@@ -126,6 +126,11 @@ _MQTT = [
     ("outbox_dropped_total", "counter", "Messages dropped by a full outbox.", lambda m: m.dropped),
     ("mqtt_reconnects_total", "counter", "Reconnections to the broker.", lambda m: m.reconnects),
 ]
+_JOURNAL = [
+    ("journal_readings", "gauge", "Readings not yet taken by every module.", lambda j: j.depth),
+    ("journal_bytes", "gauge", "Bytes of those readings.", lambda j: j.bytes),
+    ("journal_dropped_total", "counter", "Readings dropped by the bounds.", lambda j: j.dropped),
+]
 _DEVICES = [
     ("device_up", "gauge", "1 when the device answers.", lambda d: d.state == "online"),
     ("device_polls_total", "counter", "Successful polls.", lambda d: d.polls),
@@ -188,6 +193,7 @@ def _families(s: StatusSnapshot) -> list[_Family]:
         uptime,
         healthy,
         *_table(_MQTT, mqtt),
+        *_table(_JOURNAL, [] if s.journal is None else [({}, s.journal)]),
         *_table(_DEVICES, [({"device": d.name}, d) for d in s.devices]),
         *_table(_MODULES, [({"module": m.name}, m) for m in s.modules]),
         latency,

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agent._json import quoted
+
 Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: frozenset[str] = frozenset({"good", "uncertain", "bad"})
 
@@ -54,9 +56,11 @@ class Series:
         return len(self.data) // self.itemsize
 
     def values(self) -> list[float]:
-        return [
-            float(v) for v in struct.unpack(f"<{self.count}{SERIES_TYPES[self.dtype]}", self.data)
-        ]
+        return [float(v) for v in self.samples()]
+
+    def samples(self) -> list[float] | list[int]:
+        """The elements as `struct` reads them: integers stay integers."""
+        return list(struct.unpack(f"<{self.count}{SERIES_TYPES[self.dtype]}", self.data))
 
     @classmethod
     def pack(cls, dtype: str, samples: list[float] | list[int], **kw: Any) -> Series:
@@ -81,37 +85,36 @@ class Reading:
         """
         if not isinstance(doc, dict):
             raise ValueError(f"a reading must be a JSON object, got {type(doc).__name__}")
-        device = _field(doc, "device", str)
-        ts = float(_field(doc, "ts", (int, float)))
-        if isinstance(doc["ts"], bool) or not math.isfinite(ts):
-            raise ValueError(f"'ts' must be a finite number of seconds, got {doc['ts']!r}")
+        device = _text(_field(doc, "device", str), "device")
+        ts = _seconds(_field(doc, "ts", (int, float)))
         seq = _field(doc, "seq", int)
         if isinstance(seq, bool) or seq < 0:
             raise ValueError(f"'seq' must be a non-negative integer, got {seq!r}")
         values = {}
         for name, raw in _field(doc, "values", dict, {}).items():
+            where = f"values.{_text(name, 'a value name')}"
             if not isinstance(raw, dict) or "value" not in raw:
-                raise ValueError(f"values.{name} must be an object with a 'value', got {raw!r}")
+                raise ValueError(f"{where} must be an object with a 'value', got {quoted(raw)}")
             v = raw["value"]
-            if not isinstance(v, int | float | str) or (
-                isinstance(v, float) and not math.isfinite(v)
-            ):
-                raise ValueError(f"values.{name}.value must be a finite number, bool or string")
-            values[name] = Value(v, _unit(raw, f"values.{name}"), _quality(raw, f"values.{name}"))
+            if not isinstance(v, int | float | str) or not _finite(v):
+                raise ValueError(f"{where}.value must be a finite number, bool or string")
+            if isinstance(v, str):
+                _text(v, f"{where}.value")
+            values[name] = Value(v, _unit(raw, where), _quality(raw, where))
         series = {}
         for name, raw in _field(doc, "series", dict, {}).items():
+            where = f"series.{_text(name, 'a series name')}"
             if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
-                raise ValueError(f"series.{name} must be an object with a 'data' array")
+                raise ValueError(f"{where} must be an object with a 'data' array")
             dtype = raw.get("type", "f64")
+            if not isinstance(dtype, str):
+                raise ValueError(f"{where}.type must be a string, got {quoted(dtype)}")
+            unit, quality = _unit(raw, where), _quality(raw, where)
             try:
-                series[name] = Series.pack(
-                    dtype,
-                    raw["data"],
-                    unit=_unit(raw, f"series.{name}"),
-                    quality=_quality(raw, f"series.{name}"),
-                )
-            except (struct.error, ValueError) as err:
-                raise ValueError(f"series.{name}: {err}") from err
+                series[name] = Series.pack(dtype, raw["data"], unit=unit, quality=quality)
+            except (struct.error, ValueError, OverflowError) as err:
+                # OverflowError: an integer too large for a float sample (1e400 as digits).
+                raise ValueError(f"{where}: {err}") from err
         return cls(device, ts, seq, values, series)
 
     def to_json_line(self) -> bytes:
@@ -124,7 +127,7 @@ class Reading:
         if self.series:
             doc["series"] = {
                 name: _compact(
-                    {"type": s.dtype, "unit": s.unit, "quality": s.quality, "data": s.values()}
+                    {"type": s.dtype, "unit": s.unit, "quality": s.quality, "data": s.samples()}
                 )
                 for name, s in self.series.items()
             }
@@ -138,22 +141,53 @@ def _field(doc: dict[str, Any], key: str, kind: Any, default: Any = ...) -> Any:
         raise ValueError(f"a reading needs {key!r}")
     value = doc[key]
     if not isinstance(value, kind):
-        raise ValueError(f"{key!r} has the wrong type: {value!r}")
+        raise ValueError(f"{key!r} has the wrong type: {quoted(value)}")
+    return value
+
+
+def _seconds(ts: float) -> float:
+    try:
+        seconds = float(ts)
+    except OverflowError:  # an integer past float range, such as 1 and 400 zeros
+        seconds = math.inf
+    if isinstance(ts, bool) or not math.isfinite(seconds):
+        raise ValueError(f"'ts' must be a finite number of seconds, got {quoted(ts)}")
+    return seconds
+
+
+def _finite(value: float | str) -> bool:
+    """Whether a number is finite, and so is what it becomes as a float."""
+    if isinstance(value, str):
+        return True
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _text(value: str, where: str) -> str:
+    """`value`, once it is text UTF-8 can carry: JSON's `\\ud800` is not."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where} is not valid Unicode: {quoted(value)}") from err
     return value
 
 
 def _unit(raw: dict[str, Any], where: str) -> str | None:
     unit = raw.get("unit")
     if unit is not None and not isinstance(unit, str):
-        raise ValueError(f"{where}.unit must be a string, got {unit!r}")
-    return unit
+        raise ValueError(f"{where}.unit must be a string, got {quoted(unit)}")
+    return unit if unit is None else _text(unit, f"{where}.unit")
 
 
 def _quality(raw: dict[str, Any], where: str) -> Quality:
     quality = raw.get("quality", "good")
-    if quality not in QUALITIES:
-        raise ValueError(f"{where}.quality must be one of {sorted(QUALITIES)}, got {quality!r}")
-    return quality  # type: ignore[no-any-return]
+    if not isinstance(quality, str) or quality not in QUALITIES:
+        raise ValueError(
+            f"{where}.quality must be one of {sorted(QUALITIES)}, got {quoted(quality)}"
+        )
+    return quality  # type: ignore[return-value]
 
 
 def _compact(d: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,14 @@ class AgentStatus(_Status):
     engine: EngineStatus
 
 
+class JournalStatus(_Status):
+    depth: int = Field(ge=0)
+    """Readings on disk that some module has not taken yet."""
+    bytes: int = Field(ge=0)
+    dropped: int = Field(0, ge=0)
+    """Readings dropped by the journal's bounds before every module had them."""
+
+
 class MqttStatus(_Status):
     broker: str
     """`host:port` of the broker, for the operator to recognise."""
@@ -109,6 +117,7 @@ class StatusSnapshot(_Status):
     agent: AgentStatus
     mqtt: MqttStatus | None = None
     """None when the agent has no broker configured."""
+    journal: JournalStatus | None = None
     devices: tuple[DeviceStatus, ...] = ()
     modules: tuple[ModuleStatus, ...] = ()
     models: tuple[ModelStatus, ...] = ()

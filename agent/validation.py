@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent._json import MAX_DEPTH, quoted
 from agent.errors import AgentError, ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -35,15 +36,42 @@ def check_unique(names: Iterable[str], what: str) -> None:
 
 
 def read_toml(path: Path, what: str, *, error: type[AgentError] = ConfigError) -> dict[str, Any]:
-    """The parsed TOML document at `path`; an `error` naming the file otherwise."""
+    """The parsed TOML document at `path`; an `error` naming the file otherwise.
+
+    Tables and arrays may nest `MAX_DEPTH` (32) levels deep: tomllib recurses once per
+    level of arrays and inline tables, and the document goes on to pydantic and JSON.
+    """
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise error(f"{path}: no such {what}") from err
     except tomllib.TOMLDecodeError as err:
         raise error(f"{path}: not valid TOML: {err}") from err
+    except RecursionError as err:  # tomllib's own limit is the interpreter's stack
+        raise error(f"{path}: not valid TOML: nested deeper than {MAX_DEPTH} levels") from err
     except (OSError, ValueError) as err:  # UnicodeDecodeError, a NUL byte in the path
         raise error(f"{path}: cannot read {what}: {err}") from err
+    if _depth(doc) > MAX_DEPTH:
+        raise error(f"{path}: not valid TOML: nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def _depth(doc: object) -> int:
+    """How deep tables and arrays nest in `doc`, walked without recursion."""
+    deepest = 0
+    pending = [(doc, 0)]
+    while pending:
+        node, depth = pending.pop()
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        )
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_DEPTH:
+            break
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def validated(
@@ -69,6 +97,6 @@ def format_errors(err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"{where}: unknown key")
             continue
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        got = "" if e["type"] == "missing" else f" (got {quoted(e['input'])})"
         lines.append(f"{where}: {e['msg']}{got}")
     return "; ".join(lines)

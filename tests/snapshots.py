@@ -20,6 +20,7 @@ from agent.status import (
     DeviceState,
     DeviceStatus,
     EngineStatus,
+    JournalStatus,
     ModelStatus,
     ModuleStatus,
     MqttStatus,
@@ -96,6 +97,7 @@ def make_snapshot(
             reconnects=2,
             last_error=None if mqtt_connected else "connection refused",
         ),
+        journal=JournalStatus(depth=7, bytes=2100, dropped=0 if mqtt_connected else 3),
         devices=(
             DeviceStatus(
                 name="pump-1",

@@ -169,6 +169,11 @@ def test_topics_that_are_not_commands_of_this_node_are_ignored(modules: Modules)
             "too_large",
             "the limit is 65536",
         ),
+        # Under the size limit, yet json.loads would recurse 60,000 times.
+        ("module.list", b"[" * 60_000, "malformed", "nested 60000 levels deep; the limit is 32"),
+        ("module.list", b'{"id": "x", "args": {"a": ' * 40 + b"1" + b"}" * 80, "malformed", ""),
+        ("module.list", b'{"id": "x", "args": {"a": NaN}}', "malformed", "NaN is not a JSON"),
+        ("module.list", '{"id": "x"}'.encode("utf-16"), "ok", ""),
     ],
 )
 def test_bad_commands_get_an_error_and_change_nothing(
@@ -177,6 +182,9 @@ def test_bad_commands_get_an_error_and_change_nothing(
     router = make_router(CommandsConfig(), modules)
     reply, body = send(router, f"{NODE}/{topic}", payload)
     assert reply.topic == f"{NODE}/{topic}/response"
+    if code == "ok":  # a control: JSON in UTF-16 is still JSON
+        assert body["status"] == "ok"
+        return
     assert body["status"] == "error"
     assert body["data"] is None
     assert body["error"]["code"] == code
@@ -306,6 +314,28 @@ def test_signed_commands_are_accepted_and_others_refused(
         body = send(router, topic, request)[1]
         assert body["error"]["code"] == "unauthorized", why
     assert len(modules.calls) == 1
+
+
+def test_signed_requests_that_cannot_be_checked_are_refused_not_raised(
+    signing: tuple[bytes, bytes, CommandsConfig, Clock], modules: Modules
+) -> None:
+    trusted, _, config, clock = signing
+    topic = f"{NODE}/module.list"
+    good = sign_request(trusted, topic, {"id": "g"}, now=clock.now)
+    text = json.dumps(good)
+    router = signed_router(config, clock, modules)
+    cases = {
+        # NaN has no canonical JSON form, so no signature can cover it.
+        "NaN": (text.replace('"id": "g"', '"id": "g", "args": {"a": NaN}'), "malformed"),
+        # Past float range: comparing it with the clock raised OverflowError.
+        "huge ts": (text.replace(f'"ts": {good["ts"]}', '"ts": 1' + "0" * 400), "unauthorized"),
+        "lone surrogate": (text.replace('"id": "g"', '"id": "\\ud800"'), "malformed"),
+        "sig not ASCII": (text.replace(good["sig"], "\u00e9" * 8), "unauthorized"),
+    }
+    for why, (payload, code) in cases.items():
+        body = send(router, topic, payload.encode())[1]
+        assert body["error"]["code"] == code, why
+    assert modules.calls == []
 
 
 def test_replays_are_refused_but_redelivery_is_answered_from_the_cache(

@@ -185,9 +185,13 @@ def test_a_stale_socket_is_replaced_but_a_live_one_is_not_stolen(tmp_path: Path)
 
 def test_rendering_shows_every_section() -> None:
     out = StringIO()
-    render_status(make_snapshot(module_failed=True), Console(file=out, width=160))
+    render_status(
+        make_snapshot(module_failed=True, mqtt_connected=False), Console(file=out, width=160)
+    )
     text = out.getvalue()
     for expected in (
+        "7 readings not yet taken by every module",
+        "3 dropped by its bounds",
         "gateway-17",
         "wasmtime",
         "1h 2m 5s",

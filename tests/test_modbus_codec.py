@@ -88,3 +88,21 @@ def test_scale_and_offset_round_trip() -> None:
     assert to_raw("float32", 41.2, 0.1, -20.0) == pytest.approx(612.0)
     assert to_engineering(7, 1.0, 0.0) == 7
     assert isinstance(to_engineering(7, 1.0, 0.0), int)
+
+
+@pytest.mark.parametrize(
+    ("kind", "words", "problem"),
+    [
+        ("float32", [0x41C8], "1 words cannot hold type float32"),
+        ("int16", [1, 2], "2 words cannot hold type int16"),
+        ("uint16", [0x10000], "int too big"),
+        ("int32", [-1, 0], "negative"),
+        ("bool", [], "a bool is read from one word, got 0"),
+        ("bit", [1, 1], "a bit is read from one word, got 2"),
+    ],
+)
+def test_a_reply_that_cannot_hold_the_type_is_a_value_error(
+    kind: str, words: list[int], problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        decode(kind, "ABCD", words)  # type: ignore[arg-type]

@@ -52,6 +52,13 @@ def write_map(tmp_path: Path, register: str) -> Path:
             "min = 5\nmax = 1",
             r"min \(5.0\) is above max",
         ),
+        ('name = "t"\ntable = "input"\naddress = 0\ntype = "int16"\nscale = nan', "scale: Input"),
+        ('name = "t"\ntable = "input"\naddress = 0\ntype = "int16"\noffset = -inf', "offset"),
+        (
+            'name = "t"\ntable = "holding"\naddress = 0\ntype = "int16"\nwritable = true\n'
+            "min = nan",
+            "min: Input should be a finite number",
+        ),
     ],
 )
 def test_bad_maps_name_file_key_and_expectation(

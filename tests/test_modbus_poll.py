@@ -7,6 +7,7 @@ The servers are `agent.sim.SimServer`s (pymodbus) whose register images are fill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -18,9 +19,16 @@ from typing import Any
 
 import pytest
 
-from agent.config import DeviceConfig
-from agent.errors import ModbusExceptionResponse, ModbusTimeout, ReadbackMismatch, WriteRefused
+from agent.config import Connection, DeviceConfig
+from agent.errors import (
+    ModbusError,
+    ModbusExceptionResponse,
+    ModbusTimeout,
+    ReadbackMismatch,
+    WriteRefused,
+)
 from agent.modbus import DevicePool
+from agent.modbus._link import Link
 from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
 from tests._registers import image
@@ -501,3 +509,45 @@ def test_a_stale_poll_does_not_undo_a_newer_ones_verdict(map_file: Callable[[flo
     assert (dev.polls, dev.errors) == (3, 4)  # still counted
     dev._account(refused, 2, started=4.0)
     assert dev.state == "offline"
+
+
+def test_an_answer_with_fewer_registers_than_asked_is_a_modbus_error() -> None:
+    """pymodbus takes an answer's own byte count; a device that sends one register short
+    left the poller without a word it indexes (KeyError). It is a bad answer."""
+
+    async def one_short(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                request = await reader.readexactly(12)  # MBAP header and a read PDU
+                tid, function, count = request[:2], request[7], int.from_bytes(request[10:])
+                words = (count - 1) * 2
+                pdu = bytes([function, words]) + b"\x00" * words
+                writer.write(tid + b"\x00\x00" + (len(pdu) + 1).to_bytes(2) + b"\x01" + pdu)
+                await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(one_short, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = Link(
+            Connection(
+                transport="tcp",
+                host="127.0.0.1",
+                port=port,
+                serial=None,
+                timeout_s=1.0,
+                reconnect_max_s=1.0,
+                connect_pause_s=0.0,
+                request_pause_s=0.0,
+            )
+        )
+        try:
+            await link.ensure_connected()
+            with pytest.raises(ModbusError, match="bad answer: 2 registers for the 3 asked"):
+                await link.read(1, "holding", 0, 3)
+        finally:
+            link.close()
+            server.close()
+            await server.wait_closed()
+
+    run(scenario)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.errors import ModuleError
+from agent.journal import Journal
 from agent.reading import Reading, Value
-from agent.runtime import ModuleHost, Pipeline, Route
+from agent.runtime import RAW, ModuleHost, Pipeline, Route
 from agent.wasm import Engine, Limits, ReactorModule
 from tests.brokers import until
 from tests.conftest import module_bytes
@@ -34,6 +36,12 @@ class ListSink:
         return [payload for t, payload, _ in self.messages if t == topic]
 
 
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal.open(tmp_path / "journal.sqlite") as j:
+        yield j
+
+
 def reading(device: str, seq: int, temperature: float) -> Reading:
     return Reading(device, 1764118800.0 + seq, seq, {"temperature": Value(temperature, "degC")})
 
@@ -49,11 +57,11 @@ async def host(engine: Engine, name: str, config: dict[str, Any], **kw: Any) -> 
     return await ModuleHost.start(name, maker(engine, module, config, **kw), version="1.0.0")
 
 
-def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine) -> None:
+def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine, journal: Journal) -> None:
     async def scenario() -> ListSink:
         sink = ListSink()
         qos = {"scaled": 1, "stats": 0}
-        pipeline = Pipeline(sink, ROOT, raw_readings=True, qos_for=lambda t: qos.get(t, 0))
+        pipeline = Pipeline(sink, journal, ROOT, raw_readings=True, qos_for=lambda t: qos.get(t, 0))
         scale = {"topic": "scaled", "channels": {"temperature": {"to": "degF"}}}
         pipeline.add(await host(engine, "scale", scale), Route(devices=frozenset({"pump-1"})))
         stats = {"topic": "stats", "window": 4, "every": 2}
@@ -85,7 +93,9 @@ def test_readings_reach_the_sink_in_order_through_a_chain(engine: Engine) -> Non
     assert qos == {"scaled": 1, "stats": 0, "pump-1": 0, "other": 0}
 
 
-def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> None:
+def test_a_faulting_module_is_counted_and_the_others_go_on(
+    engine: Engine, journal: Journal
+) -> None:
     outcomes: list[tuple[str, str | None]] = []
 
     async def on_outcome(h: ModuleHost, err: ModuleError | None) -> None:
@@ -93,7 +103,7 @@ def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> No
 
     async def scenario() -> tuple[ListSink, list[Any]]:
         sink = ListSink()
-        pipeline = Pipeline(sink, ROOT, on_outcome=on_outcome)
+        pipeline = Pipeline(sink, journal, ROOT, on_outcome=on_outcome)
         pipeline.add(await host(engine, "faulty", {"fault": "trap"}), Route())
         pipeline.add(await host(engine, "echo", {"fault": "none"}, module="faulty"), Route())
         async with pipeline:
@@ -116,10 +126,10 @@ def test_a_faulting_module_is_counted_and_the_others_go_on(engine: Engine) -> No
     assert by_name["echo"].p50_ms <= by_name["echo"].p99_ms
 
 
-def test_replace_takes_over_between_two_readings(engine: Engine) -> None:
+def test_replace_takes_over_between_two_readings(engine: Engine, journal: Journal) -> None:
     async def scenario() -> ListSink:
         sink = ListSink()
-        pipeline = Pipeline(sink, ROOT)
+        pipeline = Pipeline(sink, journal, ROOT)
         first = {"topic": "out", "channels": {"temperature": {"scale": 1.0}}}
         pipeline.add(await host(engine, "scale", first), Route())
         async with pipeline:
@@ -149,10 +159,12 @@ def test_replace_takes_over_between_two_readings(engine: Engine) -> None:
     assert values == [10] * switch + [20] * (45 - switch)
 
 
-def test_a_replacement_that_cannot_start_leaves_the_running_version(engine: Engine) -> None:
+def test_a_replacement_that_cannot_start_leaves_the_running_version(
+    engine: Engine, journal: Journal
+) -> None:
     async def scenario() -> tuple[ListSink, str]:
         sink = ListSink()
-        pipeline = Pipeline(sink, ROOT)
+        pipeline = Pipeline(sink, journal, ROOT)
         pipeline.add(await host(engine, "scale", {"topic": "out"}), Route())
         async with pipeline:
             scale = pipeline.host("scale")
@@ -169,10 +181,12 @@ def test_a_replacement_that_cannot_start_leaves_the_running_version(engine: Engi
     assert len(sink.on(f"{ROOT}/out")) == 1
 
 
-def test_a_module_over_its_deadline_does_not_hold_up_the_others(engine: Engine) -> None:
+def test_a_module_over_its_deadline_does_not_hold_up_the_others(
+    engine: Engine, journal: Journal
+) -> None:
     async def scenario() -> ListSink:
         sink = ListSink()
-        pipeline = Pipeline(sink, ROOT)
+        pipeline = Pipeline(sink, journal, ROOT)
         slow = Limits(deadline_ms=200)
         pipeline.add(
             await host(engine, "loop", {"fault": "loop"}, module="faulty", limits=slow), Route()
@@ -192,3 +206,78 @@ def test_a_module_over_its_deadline_does_not_hold_up_the_others(engine: Engine) 
 
     sink = asyncio.run(scenario())
     assert [m["seq"] for m in sink.on(f"{ROOT}/echo")] == [0, 1, 2]
+
+
+def test_after_a_crash_each_module_takes_what_it_missed_then_live_readings(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The state a SIGKILL leaves: readings journaled after the modules' cursors, never
+    processed. The next run processes them first, in order, once, followers included,
+    while live readings arrive."""
+    path = tmp_path / "journal.sqlite"
+    scale = {"topic": "scaled", "channels": {"temperature": {"to": "degF"}}}
+    stats = {"topic": "stats", "window": 2, "every": 1}
+
+    async def run(seqs: range) -> ListSink:
+        sink = ListSink()
+        with Journal.open(path) as journal:
+            pipeline = Pipeline(sink, journal, ROOT, raw_readings=True)
+            pipeline.add(await host(engine, "scale", scale), Route())
+            pipeline.add(await host(engine, "window-stats", stats), Route(after="scale"))
+            async with pipeline:
+                for seq in seqs:
+                    await pipeline.on_reading(reading("pump-1", seq, 20.0 + seq))
+                await pipeline.drain()
+        return sink
+
+    async def crash_with_unprocessed(seqs: range) -> None:
+        with Journal.open(path) as journal:
+            for consumer in ("scale", RAW):
+                journal.attach(consumer)
+            for seq in seqs:
+                await journal.append(reading("pump-1", seq, 20.0 + seq))
+
+    first = asyncio.run(run(range(3)))
+    asyncio.run(crash_with_unprocessed(range(3, 7)))
+    second = asyncio.run(run(range(7, 10)))
+    assert [m["seq"] for m in first.on(f"{ROOT}/scaled")] == [0, 1, 2]
+    for topic in ("scaled", "stats", "devices/pump-1"):
+        assert [m["seq"] for m in second.on(f"{ROOT}/{topic}")] == list(range(3, 10)), topic
+    assert second.on(f"{ROOT}/scaled")[0]["values"]["temperature"]["value"] == pytest.approx(
+        (20 + 3) * 9 / 5 + 32
+    )
+
+
+def test_a_module_removed_for_good_holds_nothing_back(engine: Engine, journal: Journal) -> None:
+    async def scenario() -> tuple[int, int]:
+        pipeline = Pipeline(ListSink(), journal, ROOT)
+        pipeline.add(await host(engine, "echo", {"fault": "none"}, module="faulty"), Route())
+        async with pipeline:
+            for seq in range(3):
+                await pipeline.on_reading(reading("pump-1", seq, 1.0))
+            await pipeline.drain()
+            await pipeline.remove("echo")
+            await pipeline.on_reading(reading("pump-1", 3, 1.0))
+        return journal.status().depth, journal.attach("echo")
+
+    depth, cursor = asyncio.run(scenario())
+    assert depth == 0
+    assert cursor == journal.head  # forgotten: back later, it starts with new readings
+
+
+def test_a_module_of_one_device_does_not_hold_back_the_others_readings(
+    engine: Engine, journal: Journal
+) -> None:
+    async def scenario() -> int:
+        pipeline = Pipeline(ListSink(), journal, ROOT)
+        echo = await host(engine, "echo", {"fault": "none"}, module="faulty")
+        pipeline.add(echo, Route(devices=frozenset({"pump-1"})))
+        async with pipeline:
+            await pipeline.on_reading(reading("pump-1", 0, 1.0))
+            for seq in range(3):
+                await pipeline.on_reading(reading("pump-2", seq, 1.0))
+            await pipeline.drain()
+            await asyncio.sleep(0)  # the group commit that prunes
+            return journal.status().depth
+
+    assert asyncio.run(scenario()) == 0

@@ -21,7 +21,13 @@ class _Doc(StrictModel):
         (None, "no such register map"),
         (b"[x\n", "not valid TOML"),
         (b"\xff = 1\n", "cannot read register map"),
+        # tomllib recurses per level: this raised RecursionError.
+        (b"a = " + b"[" * 2000 + b"]" * 2000, "not valid TOML: nested deeper than 32 levels"),
+        (b"a = " + b"{b = " * 40 + b"1" + b"}" * 40, "not valid TOML: nested deeper than 32"),
+        # Dotted keys nest without recursion in tomllib, but pydantic and JSON follow.
+        (b"a" + b".a" * 40 + b" = 1\n", "not valid TOML: nested deeper than 32 levels"),
     ],
+    ids=["missing", "syntax", "not UTF-8", "deep arrays", "deep tables", "dotted keys"],
 )
 def test_unreadable_toml_is_a_typed_error_naming_the_file(
     tmp_path: Path, content: bytes | None, problem: str
@@ -50,3 +56,8 @@ def test_a_valid_document_is_frozen() -> None:
     doc = validated(_Doc, {"size": 3}, "doc.toml")
     with pytest.raises(ValueError, match="frozen"):
         doc.size = 4  # type: ignore[misc]
+
+
+def test_errors_quote_bad_values_briefly() -> None:
+    with pytest.raises(ConfigError, match=r"\(got 'xxxx.*\.\.\. \(2002 characters\)\)$"):
+        validated(_Doc, {"size": "x" * 2000}, "doc.toml")

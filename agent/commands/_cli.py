@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from agent._json import parse_json
 from agent.commands._signing import sign_request
 from agent.errors import ConfigError
 
@@ -39,7 +40,7 @@ def add_command_commands(commands: Any) -> None:
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from err
     if not isinstance(value, dict):

@@ -4,8 +4,10 @@ The MQTT adapter subscribes to `subscriptions()`, hands every message to `handle
 publishes the `Reply` it gets back (to the MQTT 5 response topic with its correlation
 data when the request had one, else to `<command topic>/response`). Checks run cheapest
 first and a refused command never reaches a handler: size, rate, JSON shape, allow list,
-signature, duplicate id, replay (nonce), then the arguments. A duplicate id gets the first
-answer again; refusals are not cached, so a refused id can be retried.
+signature, duplicate id, replay (nonce), then the arguments. The JSON is bounded before
+it is parsed: at most 32 levels of arrays and objects (`agent._json.MAX_DEPTH`), and no
+NaN or Infinity. A duplicate id gets the first answer again; refusals are not cached, so
+a refused id can be retried.
 
 Responses: `{"id", "node", "status": "ok", "data", "error": null}` or
 `{"id", "node", "status": "error", "data": null, "error": {"code", "message"}}`.
@@ -21,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agent._json import parse_json
 from agent._ratelimit import TokenBucket
 from agent.commands._responses import ResponseCache
 from agent.commands._signing import CommandVerifier, load_public_keys
@@ -120,8 +123,8 @@ class CommandRouter:
         if not self._bucket.take():
             raise CommandRejected("rate_limited", "too many commands; try again later")
         try:
-            request = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as err:
+            request = parse_json(payload)
+        except ValueError as err:  # also: nested too deep, NaN, not UTF-8
             raise CommandRejected("malformed", f"not JSON: {err}") from err
         if not isinstance(request, dict):
             raise CommandRejected("malformed", 'expected a JSON object {"id": ..., "args": {...}}')

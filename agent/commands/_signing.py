@@ -21,7 +21,6 @@ Only this module imports `cryptography`.
 from __future__ import annotations
 
 import base64
-import binascii
 import heapq
 import json
 import secrets
@@ -34,9 +33,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent._json import quoted
 from agent.errors import CommandRejected, ConfigError
 
 SIGNED_FIELDS = ("ts", "nonce", "sig")
+MAX_TS = 2**53
+"""Larger `ts` are refused before any arithmetic: no clock is there, and floats end there."""
 MAX_NONCES = 100_000
 """Past this many live nonces new signed commands are refused, not old nonces forgotten."""
 
@@ -124,7 +126,10 @@ class CommandVerifier:
                 f"timestamp {ts} is {now - ts:+.0f} s from this node's clock "
                 f"(allowed: ±{self._skew} s)",
             )
-        message = signed_bytes(topic, request)
+        try:
+            message = signed_bytes(topic, request)
+        except ValueError as err:  # NaN or a lone surrogate: no canonical form to check
+            raise CommandRejected("malformed", f"the request cannot be signed: {err}") from err
         if not any(_valid(key, signature, message) for key in self._keys):
             raise CommandRejected("unauthorized", "the signature is not from a trusted key")
         return ts, nonce
@@ -149,15 +154,18 @@ def _signed_fields(request: Mapping[str, Any]) -> tuple[int, str, bytes]:
     ts, nonce, sig = (request.get(k) for k in SIGNED_FIELDS)
     if sig is None:
         raise CommandRejected("unauthorized", "this node accepts signed commands only: no 'sig'")
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        raise CommandRejected("unauthorized", f"'ts' must be integer Unix seconds, got {ts!r}")
+    if not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts <= MAX_TS:
+        # Bounded so the clock comparison stays in float range (10**400 would overflow).
+        raise CommandRejected(
+            "unauthorized", f"'ts' must be integer Unix seconds, got {quoted(ts)}"
+        )
     if not isinstance(nonce, str) or not 8 <= len(nonce) <= 128:
         raise CommandRejected("unauthorized", "'nonce' must be a string of 8 to 128 characters")
     if not isinstance(sig, str):
         raise CommandRejected("unauthorized", "'sig' must be a base64 string")
     try:
         signature = base64.b64decode(sig, validate=True)
-    except binascii.Error as err:
+    except ValueError as err:  # binascii.Error, or a character outside ASCII
         raise CommandRejected("unauthorized", f"'sig' is not valid base64: {err}") from err
     return ts, nonce, signature
 

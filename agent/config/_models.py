@@ -145,6 +145,9 @@ class PolicyConfig(StrictModel):
     models: bool = True
     """Whether modules may ship and load models."""
     max_model_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    max_layer_bytes: int = Field(128 * 1024 * 1024, ge=1)
+    """Any one blob of a package (its code, a model, its config): one pinned larger is
+    refused before it is requested, and none is read past the size that pins it."""
     wasi_dirs: tuple[str, ...] = ()
     """Guest paths a module may ask to have preopened."""
     wasi_writable: bool = False
@@ -339,6 +342,15 @@ class OutboxConfig(StrictModel):
     """normal: survives a crash or SIGKILL of the agent; full: also power loss (fsync)."""
 
 
+class JournalConfig(StrictModel):
+    path: ConfigPath | None = None
+    """The SQLite file; `journal.sqlite` in `node.state_dir` unless set."""
+    max_readings: int = Field(100_000, ge=1)
+    """Readings kept for modules that have not taken them yet; past it the oldest are
+    dropped (counted). Fill time: this over the node's readings per second."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+
+
 class AgentConfig(StrictModel):
     node: NodeConfig = NodeConfig()
     engine: EngineConfig = EngineConfig()
@@ -353,6 +365,7 @@ class AgentConfig(StrictModel):
     metrics: MetricsConfig = MetricsConfig()
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
+    journal: JournalConfig = JournalConfig()
     devices: tuple[DeviceConfig, ...] = ()
 
     @model_validator(mode="after")
@@ -398,3 +411,7 @@ class AgentConfig(StrictModel):
     @property
     def outbox_path(self) -> Path:
         return self.outbox.path or self.node.state_dir / "outbox.sqlite"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal.path or self.node.state_dir / "journal.sqlite"

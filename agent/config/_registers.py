@@ -65,13 +65,14 @@ class RegisterSpec(StrictModel):
     """For `type = "bit"`: which bit of the register, 0 the least significant."""
     length: int | None = Field(None, ge=1, le=125)
     """For `type = "string"`: registers the string spans (two characters each)."""
-    scale: float = 1.0
-    offset: float = 0.0
-    """Engineering value = raw * scale + offset (numeric types only)."""
+    scale: float = Field(1.0, allow_inf_nan=False)
+    offset: float = Field(0.0, allow_inf_nan=False)
+    """Engineering value = raw * scale + offset (numeric types only); finite, like
+    `min` and `max`: TOML has nan and inf, and neither makes a conversion or a range."""
     unit: str | None = None
     writable: bool = False
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(None, allow_inf_nan=False)
+    max: float | None = Field(None, allow_inf_nan=False)
     """Accepted range of a written engineering value."""
 
     @property

@@ -5,13 +5,13 @@ Blocking on purpose: the CLI does one exchange and exits; no event loop is neede
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from agent._json import parse_json
 from agent.control._protocol import encode
 from agent.errors import AgentNotRunning, ControlError
 from agent.status import StatusSnapshot
@@ -37,7 +37,7 @@ def request(path: Path, op: str, *, timeout_s: float = 5.0) -> Any:
         except OSError as err:
             raise ControlError(f"{path}: no answer: {err}") from err
     try:
-        answer = json.loads(raw)
+        answer = parse_json(raw, allow_nan=True)
     except ValueError as err:
         raise ControlError(f"{path}: the answer is not JSON: {raw[:80]!r}") from err
     if not isinstance(answer, dict) or "ok" not in answer:

@@ -43,6 +43,11 @@ def _agent(snapshot: StatusSnapshot) -> Panel:
     grid.add_row("uptime", _duration(a.uptime_s))
     grid.add_row("engine", f"{a.engine.name} {a.engine.version} ({a.engine.mode})")
     grid.add_row("pid", str(a.pid))
+    if snapshot.journal is not None:
+        j = snapshot.journal
+        grid.add_row("journal", f"{j.depth} readings not yet taken by every module")
+        if j.dropped:
+            grid.add_row("", Text(f"{j.dropped} dropped by its bounds", style="yellow"))
     return Panel(grid, title="agent", title_align="left")
 
 

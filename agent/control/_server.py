@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import stat
 from pathlib import Path
 
+from agent._json import parse_json
 from agent._oneshot import OneShotServer
 from agent.control._protocol import MAX_REQUEST_BYTES, OPS, encode
 from agent.errors import ControlError
@@ -62,7 +62,7 @@ class ControlServer(OneShotServer):
 
     def _reply(self, line: bytes) -> dict[str, object]:
         try:
-            request = json.loads(line)
+            request = parse_json(line)
         except ValueError:
             return _refuse(f"request is not JSON: {line[:80]!r}")
         op = request.get("op") if isinstance(request, dict) else None

@@ -18,6 +18,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agent._json import parse_json
+
 _RECENT_ALERTS = 8
 
 
@@ -46,7 +48,7 @@ class DemoView:
             return
         relative = topic[len(self.root) + 1 :]
         try:
-            body: Any = json.loads(payload)
+            body: Any = parse_json(payload)
         except ValueError:
             body = payload.decode("utf-8", "replace")
         if relative == "status":

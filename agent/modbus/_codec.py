@@ -50,15 +50,22 @@ def _from_big_endian(data: bytes, order: ByteOrder) -> list[int]:
 def decode(
     kind: DataType, order: ByteOrder, words: Sequence[int], bit: int | None = None
 ) -> RawValue:
-    """The raw value held in `words` (for `bool`, `words` holds the one bit)."""
-    if kind == "bool":
-        return bool(words[0])
-    if kind == "bit":
-        return bool((words[0] >> (bit or 0)) & 1)
-    data = _to_big_endian(words, order)
-    if kind == "string":
-        return data.rstrip(b"\x00 ").decode("latin-1")
-    value: RawValue = struct.unpack(">" + STRUCT_CODES[kind], data)[0]
+    """The raw value held in `words` (for `bool`, `words` holds the one bit).
+
+    Raises ValueError when `words` cannot hold a `kind`: a reply of the wrong length,
+    or a word outside 0..65535.
+    """
+    if kind in ("bool", "bit"):
+        if len(words) != 1:
+            raise ValueError(f"a {kind} is read from one word, got {len(words)}")
+        return bool(words[0]) if kind == "bool" else bool((words[0] >> (bit or 0)) & 1)
+    try:
+        data = _to_big_endian(words, order)
+        if kind == "string":
+            return data.rstrip(b"\x00 ").decode("latin-1")
+        value: RawValue = struct.unpack(">" + STRUCT_CODES[kind], data)[0]
+    except (OverflowError, struct.error) as err:  # a word past 16 bits; too few or many
+        raise ValueError(f"{len(words)} words cannot hold type {kind}: {err}") from err
     return value
 
 

@@ -83,8 +83,16 @@ class Link:
             call = c.read_discrete_inputs(address, count=count, device_id=unit)
         response = await self._execute(call)
         if table in ("holding", "input"):
-            return list(response.registers)
-        return [int(b) for b in response.bits[:count]]
+            got = list(response.registers)
+        else:
+            got = [int(b) for b in response.bits[:count]]
+        if len(got) != count:
+            # pymodbus takes the answer's own byte count; the poller needs what it asked for.
+            what = "registers" if table in ("holding", "input") else "bits"
+            raise ModbusError(
+                self.settings.name, f"bad answer: {len(got)} {what} for the {count} asked"
+            )
+        return got
 
     async def write(self, unit: int, table: Table, address: int, words: Sequence[int]) -> None:
         """Holding registers (one: function 6, more: 16) or coils. Call with `lock` held."""

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 from agent.config import NUMERIC_TYPES, DeviceConfig, RegisterGroup, RegisterSpec, Table
@@ -41,7 +41,9 @@ RETRYABLE_CODES = frozenset({5, 6, 10, 11})
 
 
 class _Device:
-    def __init__(self, config: DeviceConfig, link: Link, on_reading: OnReading) -> None:
+    def __init__(
+        self, config: DeviceConfig, link: Link, on_reading: OnReading, seq: int = 0
+    ) -> None:
         self.config = config
         self.name = config.name
         self.link = link
@@ -54,7 +56,7 @@ class _Device:
         }
         self.state: DeviceState = "starting"
         self.closed = False
-        self.seq = 0
+        self.seq = seq
         self.polls = 0
         self.errors = 0
         self.skipped = 0
@@ -272,8 +274,19 @@ class DevicePool:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def create(cls, devices: Sequence[DeviceConfig], on_reading: OnReading) -> DevicePool:
-        """A pool for `devices` (validated config); `on_reading` gets every poll's reading."""
+    def create(
+        cls,
+        devices: Sequence[DeviceConfig],
+        on_reading: OnReading,
+        *,
+        seqs: Mapping[str, int] | None = None,
+    ) -> DevicePool:
+        """A pool for `devices` (validated config); `on_reading` gets every poll's reading.
+
+        `seqs` gives each device's first sequence number (the journal's, so that numbers
+        go on across restarts); 0 for a device it does not name.
+        """
+        seqs = seqs or {}
         links: dict[tuple[str, str, int], Link] = {}
         built = []
         for config in devices:
@@ -281,7 +294,7 @@ class DevicePool:
             link = links.get(key)
             if link is None:
                 link = links[key] = Link(config.connection)
-            built.append(_Device(config, link, on_reading))
+            built.append(_Device(config, link, on_reading, seqs.get(config.name, 0)))
         return cls(built, list(links.values()))
 
     async def __aenter__(self) -> DevicePool:

@@ -19,6 +19,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.control import ControlServer
 from agent.errors import AgentError
+from agent.journal import Journal, JournalLimits
 from agent.metrics import MetricsServer
 from agent.modbus import DevicePool
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
@@ -53,6 +54,7 @@ class Agent:
         self._background = Background()
         self._engine: Engine | None = None
         self._link: MqttLink | None = None
+        self._journal: Journal | None = None
         self._versions: ModuleVersions | None = None
         self._devices: DevicePool | None = None
 
@@ -78,9 +80,10 @@ class Agent:
         async with contextlib.AsyncExitStack() as stack:
             await self._start_engine(stack)
             outbox = await self._open_outbox(stack)
+            journal = self._open_journal(stack)
             link = await self._connect(stack, outbox)
-            await self._start_modules(stack, outbox)
-            devices = await self._start_devices(stack)
+            await self._start_modules(stack, outbox, journal)
+            devices = await self._start_devices(stack, journal)
             await self._serve_status(stack)
             await self._serve_commands(link, devices)
             self._announce(stack)
@@ -116,6 +119,15 @@ class Agent:
             Outbox.open(config.outbox_path, limits, synchronous=config.outbox.synchronous)
         )
 
+    def _open_journal(self, stack: contextlib.AsyncExitStack) -> Journal:
+        limits = JournalLimits(self.config.journal.max_readings, self.config.journal.max_bytes)
+        self._journal = stack.enter_context(
+            Journal.open(
+                self.config.journal_path, limits, synchronous=self.config.outbox.synchronous
+            )
+        )
+        return self._journal
+
     async def _connect(self, stack: contextlib.AsyncExitStack, outbox: Outbox) -> MqttLink:
         engine = self._engine_or_fail()
         link = self._link = await stack.enter_async_context(
@@ -129,12 +141,18 @@ class Agent:
         )
         return link
 
-    async def _start_modules(self, stack: contextlib.AsyncExitStack, outbox: Outbox) -> None:
-        versions = ModuleVersions(self.config, self._engine_or_fail(), outbox)
+    async def _start_modules(
+        self, stack: contextlib.AsyncExitStack, outbox: Outbox, journal: Journal
+    ) -> None:
+        versions = ModuleVersions(self.config, self._engine_or_fail(), outbox, journal)
         self._versions = await stack.enter_async_context(versions)
 
-    async def _start_devices(self, stack: contextlib.AsyncExitStack) -> DevicePool:
-        pool = DevicePool.create(self.config.devices, self.versions.pipeline.on_reading)
+    async def _start_devices(
+        self, stack: contextlib.AsyncExitStack, journal: Journal
+    ) -> DevicePool:
+        pool = DevicePool.create(
+            self.config.devices, self.versions.pipeline.on_reading, seqs=journal.next_seqs()
+        )
         self._devices = await stack.enter_async_context(pool)
         return self._devices
 
@@ -218,6 +236,7 @@ class Agent:
                 engine=EngineStatus.of(self._engine_or_fail()),
             ),
             mqtt=self._link.status() if self._link is not None else None,
+            journal=self._journal.status() if self._journal is not None else None,
             devices=self._devices.status() if self._devices is not None else (),
             modules=tuple(versions.status()) if versions is not None else (),
             models=versions.models() if versions is not None else (),

@@ -26,6 +26,7 @@ from agent.errors import (
     ModuleTimeout,
     ModuleTrap,
 )
+from agent.journal import Journal
 from agent.runtime._host import ModuleHost
 from agent.runtime._modules import ModuleSpec, reactor_factory, spec_from_installed, spec_from_path
 from agent.runtime._pipeline import Pipeline, Sink
@@ -53,11 +54,12 @@ class ModuleVersions:
     calls back through `smoke_test`, `activate` and `stop` (its `ModuleRunner`).
     """
 
-    def __init__(self, config: AgentConfig, engine: Engine, sink: Sink) -> None:
+    def __init__(self, config: AgentConfig, engine: Engine, sink: Sink, journal: Journal) -> None:
         self._config = config
         self._engine = engine
         self.pipeline = Pipeline(
             sink,
+            journal,
             f"{config.mqtt.topic_prefix}/{config.node.id}",
             qos_for=config.mqtt.qos_for,
             raw_readings=config.pipeline.raw_readings,
@@ -143,6 +145,7 @@ class ModuleVersions:
         self._note_models(spec)
 
     async def stop(self, name: str) -> None:
+        """Stop the module for good: its place in the journal goes with it."""
         # Not awaited here: the call may come from that module's own queue (a rollback
         # after its fault), which cannot wait for itself to drain.
         self._background.spawn(self.pipeline.remove(name), f"remove {name}")

@@ -34,6 +34,9 @@ from agent.supply._store import ContentStore, InstalledModule
 
 log = logging.getLogger(__name__)
 
+_SAVE_EVERY = 10
+"""Invocations between writes of a rollout watch's counts (faults are written at once)."""
+
 
 class ModuleRunner(Protocol):
     """What the supply needs of the runtime: it decides which version runs, this runs it."""
@@ -76,6 +79,12 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         self._guard = RolloutGuard(
             config.supply.rollout.invocations, config.supply.rollout.max_faults
         )
+        for name, watch in self._state.watches().items():
+            module = self._state.module(name)
+            if module is not None and module.current == watch.digest:
+                self._guard.resume(name, watch)  # a restart mid-watch goes on watching
+            else:
+                self._state.drop_watch(name)
         self._lock = asyncio.Lock()
         self._pending = asyncio.Event()
         self._loaded: dict[str, InstalledModule] = {}
@@ -162,6 +171,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         previous = current.current if current else None
         self._state.activate(installed.name, installed.digest, previous, "active", "")
         self._guard.start(installed.name, installed.digest)
+        self._save_watch(installed.name)
         log.info("module %s %s (%s) activated", installed.name, installed.version, installed.digest)
         return installed, True
 
@@ -176,7 +186,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
             state = self._state.module(name)
             if state is None:
                 raise SupplyError(f"module {name!r} is not installed")
-            self._guard.stop(name)
+            self._stop_watch(name)
             previous = self._load(state.previous) if state.previous else None
             if previous is None:
                 self._state.remove(name)
@@ -194,17 +204,35 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         async with self._lock:
             if self._state.module(name) is None:
                 raise SupplyError(f"module {name!r} is not installed")
-            self._guard.stop(name)
+            self._stop_watch(name)
             self._state.remove(name)
             self._collect()
         await self._runner.stop(name)
 
     async def record(self, name: str, digest: str, ok: bool, cause: str = "") -> RolledBack | None:
-        """Feed the rollout guard one invocation's outcome; rolls back when over budget."""
+        """Feed the rollout guard one invocation's outcome; rolls back when over budget.
+
+        The counts go to disk at every fault and every `_SAVE_EVERY` invocations: a
+        restart may watch a few calls longer, never forget a fault."""
+        watch = self._guard.watch(name)
         reason = self._guard.record(name, digest, ok, cause)
+        if watch is not None and watch.digest == digest:
+            if self._guard.watch(name) is None:
+                self._state.drop_watch(name)
+            elif not ok or watch.invocations % _SAVE_EVERY == 0:
+                self._state.save_watch(name, watch)
         if reason is None:
             return None
         return await self.rollback(name, f"automatic rollback: {reason}")
+
+    def _save_watch(self, name: str) -> None:
+        watch = self._guard.watch(name)
+        if watch is not None:
+            self._state.save_watch(name, watch)
+
+    def _stop_watch(self, name: str) -> None:
+        self._guard.stop(name)
+        self._state.drop_watch(name)
 
     async def run(self) -> None:
         """Retry pending deploys with backoff until cancelled. The data path never waits

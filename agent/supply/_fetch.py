@@ -2,8 +2,9 @@
 
 The order is the point: the manifest digest is verified against a trusted signature
 before any layer is read, the module manifest is checked against policy before the
-code and models are downloaded, and every blob is digest- and size-checked while it
-streams into the store. Nothing here hands bytes to an engine.
+code and models are downloaded, no blob pinned over `policy.max_layer_bytes` is
+requested, and every blob is digest- and size-checked while it streams into the store.
+Nothing here hands bytes to an engine.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agent.config import PolicyConfig, SupplyConfig
-from agent.errors import PackageError, RegistryError
+from agent.errors import PackageError, PolicyViolation, RegistryError
 from agent.supply._access import RegistryAccess, Retry
 from agent.supply._keys import PublicKey, load_public_key
 from agent.supply._layout import LayoutRepository
@@ -124,8 +125,15 @@ async def pull(
 ) -> InstalledModule:
     """Verify, check policy, then download every blob into the store."""
     verified = await resolve_verified(repo, ref, keys)
+    blobs = (verified.manifest.config, *verified.manifest.layers)
+    for descriptor in blobs:
+        if descriptor.size > policy.max_layer_bytes:
+            raise PolicyViolation(
+                f"{ref}: {descriptor.media_type} {descriptor.digest} is pinned at "
+                f"{descriptor.size} bytes, over policy.max_layer_bytes {policy.max_layer_bytes}"
+            )
     check_policy(verified.module, verified.manifest, policy)
-    for descriptor in (verified.manifest.config, *verified.manifest.layers):
+    for descriptor in blobs:
         await store.ingest(descriptor, repo.blob_chunks(descriptor))
     store.put(verified.manifest_bytes)
     return store.load(verified.digest)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import nacl.exceptions
 import nacl.secret
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent._json import parse_json
 from agent.errors import KeyFileError
 
 PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
@@ -68,7 +70,7 @@ def load_public_key(path: Path) -> PublicKey:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as err:
         raise KeyFileError(f"{path}: cannot read public key: {err}") from err
-    except ValueError as err:
+    except (ValueError, UnsupportedAlgorithm) as err:
         raise KeyFileError(f"{path}: not a PEM public key (expected cosign.pub)") from err
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{path}: expected an ECDSA P-256 public key")
@@ -114,7 +116,7 @@ def decrypt_private_key(pem: bytes, password: bytes, source: str) -> ec.Elliptic
             f"{source}: not a cosign private key (expected a PEM block {PEM_TYPES[0]})"
         )
     try:
-        doc = json.loads(base64.b64decode(match.group(2)))
+        doc = parse_json(base64.b64decode(match.group(2)))
         kdf, cipher = doc["kdf"], doc["cipher"]
         params = kdf["params"]
         salt, nonce = base64.b64decode(kdf["salt"]), base64.b64decode(cipher["nonce"])
@@ -124,13 +126,20 @@ def decrypt_private_key(pem: bytes, password: bytes, source: str) -> ec.Elliptic
         raise KeyFileError(f"{source}: damaged cosign key: {err!r}") from err
     if kdf.get("name") != "scrypt" or cipher.get("name") != "nacl/secretbox":
         raise KeyFileError(f"{source}: expected kdf scrypt and cipher nacl/secretbox")
-    if n not in _ACCEPTED_N or (r, p) != (_SCRYPT_R, _SCRYPT_P):
-        raise KeyFileError(f"{source}: unsupported scrypt parameters N={n} r={r} p={p}")
+    if not _whole(n) or n not in _ACCEPTED_N or (r, p) != (_SCRYPT_R, _SCRYPT_P):
+        raise KeyFileError(
+            f"{source}: unsupported scrypt parameters N={n!r:.20} r={r!r:.20} p={p!r:.20}"
+        )
+    if len(nonce) != nacl.secret.SecretBox.NONCE_SIZE:
+        raise KeyFileError(f"{source}: damaged cosign key: the nonce is {len(nonce)} bytes")
     try:
         pkcs8 = nacl.secret.SecretBox(_derive(password, salt, n)).decrypt(sealed, nonce)
     except nacl.exceptions.CryptoError as err:
         raise KeyFileError(f"{source}: wrong password for the private key") from err
-    key = serialization.load_der_private_key(pkcs8, password=None)
+    try:
+        key = serialization.load_der_private_key(pkcs8, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise KeyFileError(f"{source}: the sealed key is not a PKCS#8 private key") from err
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise KeyFileError(f"{source}: expected an ECDSA P-256 private key")
     return key
@@ -148,6 +157,11 @@ def _derive(password: bytes, salt: bytes, n: int) -> bytes:
     return hashlib.scrypt(
         password, salt=salt, n=n, r=_SCRYPT_R, p=_SCRYPT_P, maxmem=256 * n * _SCRYPT_R, dklen=32
     )
+
+
+def _whole(n: object) -> bool:
+    """An integer, not a float or bool that compares equal to one (65536.0 == 65536)."""
+    return isinstance(n, int) and not isinstance(n, bool)
 
 
 def _b64(data: bytes) -> str:

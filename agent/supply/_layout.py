@@ -7,11 +7,11 @@ same digest and signature checks as a registry pull. Tags live in `index.json` a
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent._atomic import write_bytes
+from agent._json import parse_json
 from agent.errors import ArtifactNotFound, PackageError
 from agent.supply._oci import (
     REF_NAME,
@@ -65,6 +65,8 @@ class LayoutRepository:
             data = self._blob(digest).read_bytes()
         except FileNotFoundError as err:
             raise ArtifactNotFound(f"oci:{self.root}: no manifest {digest}") from err
+        except OSError as err:
+            raise PackageError(f"oci:{self.root}: cannot read manifest {digest}: {err}") from err
         return Fetched(data, media_type or _media_type_of(data), digest)
 
     async def put_manifest(self, data: bytes, media_type: str, reference: str) -> None:
@@ -109,7 +111,7 @@ class LayoutRepository:
 def _media_type_of(data: bytes) -> str:
     """A manifest's own mediaType (all we write carry one); "" lets parsing reject it."""
     try:
-        doc = json.loads(data)
+        doc = parse_json(data)
     except ValueError:
         return ""
     return str(doc.get("mediaType", "")) if isinstance(doc, dict) else ""

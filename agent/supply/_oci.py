@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent._json import parse_json
 from agent.errors import PackageError, SupplyError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -71,11 +72,22 @@ class Descriptor:
             media_type, digest, size = obj["mediaType"], obj["digest"], obj["size"]
         except KeyError as err:
             raise SupplyError(f"{where}: descriptor lacks {err.args[0]!r}") from err
-        if not isinstance(media_type, str) or not isinstance(size, int) or size < 0:
+        if (
+            not isinstance(media_type, str)
+            or not isinstance(size, int)
+            or isinstance(size, bool)
+            or size < 0
+        ):
             raise SupplyError(f"{where}: descriptor has a bad mediaType or size")
-        annotations = obj.get("annotations") or {}
-        artifact_type = obj.get("artifactType")
-        return cls(media_type, check_digest(str(digest)), size, dict(annotations), artifact_type)
+        if not isinstance(digest, str):
+            raise SupplyError(f"{where}: descriptor's digest is not a string")
+        return cls(
+            media_type,
+            check_digest(digest),
+            size,
+            _annotations(obj, where),
+            _optional_str(obj, "artifactType", where),
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest}
@@ -122,8 +134,8 @@ class Manifest:
             Descriptor.from_json(doc["config"], f"{where} config"),
             tuple(Descriptor.from_json(d, f"{where} layer {i}") for i, d in enumerate(layers)),
             Descriptor.from_json(subject, f"{where} subject") if subject else None,
-            doc.get("artifactType"),
-            dict(doc.get("annotations") or {}),
+            _optional_str(doc, "artifactType", where),
+            _annotations(doc, where),
         )
 
     def layer(self, media_type: str) -> Descriptor:
@@ -152,14 +164,30 @@ def index_bytes(manifests: list[Descriptor]) -> bytes:
 
 
 def json_object(data: bytes, where: str, error: type[SupplyError] = SupplyError) -> dict[str, Any]:
-    """`data` parsed as a JSON object, or `error` naming `where`."""
+    """`data` parsed as a JSON object (nested 32 levels at most), or `error` naming `where`."""
     try:
-        doc = json.loads(data)
+        doc = parse_json(data)
     except ValueError as err:
         raise error(f"{where}: not valid JSON: {err}") from err
     if not isinstance(doc, dict):
         raise error(f"{where}: expected a JSON object")
     return doc
+
+
+def _annotations(obj: dict[str, Any], where: str) -> dict[str, str]:
+    annotations = obj.get("annotations") or {}
+    if not isinstance(annotations, dict) or not all(
+        isinstance(v, str) for v in annotations.values()
+    ):
+        raise SupplyError(f"{where}: annotations must map strings to strings")
+    return dict(annotations)
+
+
+def _optional_str(obj: dict[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SupplyError(f"{where}: {key} must be a string")
+    return value
 
 
 @dataclass(frozen=True)
@@ -196,6 +224,8 @@ class Reference:
 
 def parse_reference(text: str) -> Reference:
     """Parse `host[:port]/repo[:tag][@sha256:...]` or `oci:DIR[:TAG][@sha256:...]`."""
+    if "\0" in text:  # no name has one, and a path with one cannot even be opened
+        raise SupplyError(f"{text!r}: a reference cannot contain NUL")
     rest, _, digest = text.partition("@")
     if digest:
         check_digest(digest)

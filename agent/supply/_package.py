@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent._json import parse_json
 from agent.errors import PackageError
 from agent.supply._layout import LayoutRepository
 from agent.supply._manifest import ModuleManifest, ModuleToml
@@ -104,6 +105,8 @@ def _read(path: Path, toml: Path, key: str) -> bytes:
         return path.read_bytes()
     except OSError as err:
         raise PackageError(f"{toml}: {key}: cannot read {path}: {err.strerror}") from err
+    except ValueError as err:  # a NUL byte in the path
+        raise PackageError(f"{toml}: {key}: cannot read {path!r}: {err}") from err
 
 
 def _json_lines(path: Path, toml: Path) -> list[object]:
@@ -112,7 +115,7 @@ def _json_lines(path: Path, toml: Path) -> list[object]:
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                out.append(parse_json(line))
             except ValueError as err:
                 raise PackageError(f"{path}:{number}: not JSON: {err}") from err
     return out

@@ -3,21 +3,24 @@ local OCI layout, and the checks every byte read through it passes.
 
 Nothing read from a repository is trusted until it matched the digest and size that
 pin it; `verified_chunks` checks both while streaming, so a tampered or truncated blob
-fails before it is stored, and a blob that grows past its size is cut off early.
+fails before it is stored, and a blob that grows past its size is cut off early. What
+is read into memory is bounded before the first byte: manifests by `MAX_MANIFEST_BYTES`
+(a registry stops reading there), small blobs by the `limit` of `read_blob`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from agent.errors import DigestMismatch, SupplyError
+from agent.errors import DigestMismatch, PackageError, SupplyError
 from agent.supply._oci import Descriptor, check_digest, sha256_digest
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-"""Manifests and indexes are read whole: bound them (the OCI distribution spec says 4 MiB)."""
+"""Manifests and indexes are read into memory: bound them (the OCI distribution spec
+says 4 MiB). Also the default bound of `read_blob`."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,19 @@ async def verified_chunks(
     digest = descriptor.digest
     hasher = hashlib.sha256()
     size = 0
-    async for chunk in chunks:
-        size += len(chunk)
-        if size > descriptor.size:
-            raise DigestMismatch(digest, f"blob is larger than the {descriptor.size} bytes pinned")
-        hasher.update(chunk)
-        yield chunk
+    try:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > descriptor.size:
+                raise DigestMismatch(
+                    digest, f"blob is larger than the {descriptor.size} bytes pinned"
+                )
+            hasher.update(chunk)
+            yield chunk
+    finally:
+        # Close the source (an HTTP answer) now, not whenever it is collected.
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
     if size != descriptor.size:
         raise DigestMismatch(
             digest, f"blob is {size} bytes, expected {descriptor.size} (truncated)"
@@ -90,6 +100,14 @@ async def verified_chunks(
         raise DigestMismatch(digest, f"blob content hashes to sha256:{hasher.hexdigest()}")
 
 
-async def read_blob(repo: Repository, descriptor: Descriptor) -> bytes:
-    """A small blob (a module manifest, a signature) in memory, verified."""
+async def read_blob(
+    repo: Repository, descriptor: Descriptor, limit: int = MAX_MANIFEST_BYTES
+) -> bytes:
+    """A small blob (a module manifest, a signature) in memory, verified; one pinned
+    larger than `limit` is refused before a byte of it is read."""
+    if descriptor.size > limit:
+        raise PackageError(
+            f"{descriptor.media_type} {descriptor.digest} is pinned at {descriptor.size} bytes, "
+            f"over the {limit} read into memory"
+        )
     return b"".join([c async for c in verified_chunks(descriptor, repo.blob_chunks(descriptor))])

@@ -1,5 +1,6 @@
 """The rollout guard: watches a new version's first invocations and decides when its
-faults have used up the budget. Pure bookkeeping; `Supply` acts on the verdict."""
+faults have used up the budget. Pure bookkeeping; `Supply` acts on the verdict and
+keeps the counts on disk, so a node that restarts mid-watch goes on watching."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class _Watch:
+class Watch:
     digest: str
     invocations: int = 0
     faults: list[str] = field(default_factory=list)
@@ -17,10 +18,17 @@ class RolloutGuard:
     def __init__(self, invocations: int, max_faults: int) -> None:
         self._window = invocations
         self._budget = max_faults
-        self._watching: dict[str, _Watch] = {}
+        self._watching: dict[str, Watch] = {}
 
     def start(self, name: str, digest: str) -> None:
-        self._watching[name] = _Watch(digest)
+        self._watching[name] = Watch(digest)
+
+    def resume(self, name: str, watch: Watch) -> None:
+        """Go on with a watch a previous run of the agent had not finished."""
+        self._watching[name] = watch
+
+    def watch(self, name: str) -> Watch | None:
+        return self._watching.get(name)
 
     def stop(self, name: str) -> None:
         self._watching.pop(name, None)

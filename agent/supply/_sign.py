@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from agent._json import parse_json
 from agent.errors import SignatureError
 from agent.supply._keys import PublicKey
 from agent.supply._oci import digest_hex, json_object
@@ -60,7 +61,7 @@ def make_bundle(private: ec.EllipticCurvePrivateKey, hint: str, name: str, diges
 def verify_bundle(bundle: bytes, digest: str, keys: Sequence[PublicKey]) -> PublicKey:
     """The trusted key that signed `bundle` for `digest`; `SignatureError` says why not."""
     try:
-        doc = json.loads(bundle)
+        doc = parse_json(bundle)
         envelope = doc["dsseEnvelope"]
         payload_type = envelope["payloadType"]
         payload = base64.b64decode(envelope["payload"], validate=True)
@@ -74,13 +75,24 @@ def verify_bundle(bundle: bytes, digest: str, keys: Sequence[PublicKey]) -> Publ
         )
     key = _first_verifying(keys, signatures, pae(payload_type, payload))
     statement = json_object(payload, "in-toto statement", SignatureError)
-    subjects = statement.get("subject") or []
-    signed = {s.get("digest", {}).get("sha256") for s in subjects if isinstance(s, dict)}
+    signed = _subject_digests(statement.get("subject"))
     if statement.get("_type") != STATEMENT_TYPE or digest_hex(digest) not in signed:
         raise SignatureError(
-            f"the signature is for {sorted(f'sha256:{d}' for d in signed if d)}, not {digest}"
+            f"the signature is for {sorted(f'sha256:{d}' for d in signed)}, not {digest}"
         )
     return key
+
+
+def _subject_digests(subjects: object) -> set[str]:
+    """The sha256 digests an in-toto statement's `subject` list names; malformed entries
+    name none (a signed statement is still input: its key may sign anything)."""
+    found = set()
+    for subject in subjects if isinstance(subjects, list) else ():
+        digests = subject.get("digest") if isinstance(subject, dict) else None
+        sha256 = digests.get("sha256") if isinstance(digests, dict) else None
+        if isinstance(sha256, str) and sha256:
+            found.add(sha256)
+    return found
 
 
 def make_simple_signing(
@@ -104,17 +116,25 @@ def make_simple_signing(
 def verify_simple_signing(
     payload: bytes, signature_b64: str, digest: str, keys: Sequence[PublicKey]
 ) -> PublicKey:
+    if not isinstance(signature_b64, str):
+        raise SignatureError("signature annotation is not a string")
     try:
         signature = base64.b64decode(signature_b64, validate=True)
-    except ValueError as err:
+    except ValueError as err:  # binascii.Error, or a character outside ASCII
         raise SignatureError(f"signature annotation is not base64: {err}") from err
     key = _first_verifying(keys, [signature], payload)
     doc = json_object(payload, "simple signing payload", SignatureError)
-    critical = doc.get("critical") or {}
-    signed = (critical.get("image") or {}).get("docker-manifest-digest")
+    critical = _member(doc, "critical")
+    signed = _member(critical, "image").get("docker-manifest-digest")
     if critical.get("type") != "cosign container image signature" or signed != digest:
-        raise SignatureError(f"the signature is for {signed}, not {digest}")
+        raise SignatureError(f"the signature is for {signed!r:.80}, not {digest}")
     return key
+
+
+def _member(doc: dict[str, object], key: str) -> dict[str, object]:
+    """`doc[key]` when it is an object; an empty one when absent or of another type."""
+    value = doc.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _first_verifying(

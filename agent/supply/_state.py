@@ -2,15 +2,19 @@
 
 `modules` holds, per module name, the active (current) and the previous digest;
 `desired` the deploy requests not yet done (a node offline keeps them until it can
-pull). Every change is one transaction.
+pull); `watches` the rollout guard's counts for versions still being watched. Every
+change is one transaction.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.supply._rollout import Watch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS modules (
@@ -19,6 +23,9 @@ CREATE TABLE IF NOT EXISTS modules (
 CREATE TABLE IF NOT EXISTS desired (
     ref TEXT PRIMARY KEY, allow_downgrade INTEGER NOT NULL,
     status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS watches (
+    name TEXT PRIMARY KEY, digest TEXT NOT NULL,
+    invocations INTEGER NOT NULL, faults TEXT NOT NULL);
 """
 
 
@@ -99,3 +106,20 @@ class StateDB:
             (status,) if status else (),
         )
         return [DesiredState(r, bool(a), s, why) for r, a, s, why in rows]
+
+    def save_watch(self, name: str, watch: Watch) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO watches VALUES (?, ?, ?, ?)",
+                (name, watch.digest, watch.invocations, json.dumps(watch.faults)),
+            )
+
+    def drop_watch(self, name: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM watches WHERE name = ?", (name,))
+
+    def watches(self) -> dict[str, Watch]:
+        rows = self._db.execute("SELECT name, digest, invocations, faults FROM watches")
+        return {
+            name: Watch(digest, n, list(json.loads(faults))) for name, digest, n, faults in rows
+        }

@@ -1,8 +1,9 @@
 /*
  * faulty: misbehaves on purpose, for the agent's fault tests.
  *
- * Config: {"fault": "<name>"} ("none" when absent; an unknown name or key is
- * a config error). On every reading it commits that fault:
+ * Config: {"fault": "<name>", "spins": N} ("none" when absent; an unknown name
+ * or key is a config error; spins only for slow). On every reading it commits
+ * that fault:
  *
  *   none        emits {"seq":..} on topic "echo" and returns 0
  *   trap        executes `unreachable`
@@ -16,6 +17,8 @@
  *   oob         loads from 0xFFFFFFF0, past the end of linear memory
  *   log         logs one line at each level, then does what none does
  *   stdout      prints a line on stdout and one on stderr, then does what none does
+ *   slow        counts to spins (default 10 million), then emits {"device","seq",
+ *               "ts"} on "slow": a module that takes a while, for durability tests
  *
  * Each fault must survive the optimizer: the comments at each say how.
  */
@@ -27,14 +30,16 @@
 
 typedef enum {
     NONE, TRAP, LOOP, BOMB, RECURSE, EXIT, BIG_EMIT, BAD_TOPIC, ERROR_CODE, OOB, LOG, STDOUT,
+    SLOW,
 } fault;
 
 static const char *const fault_names[] = {
     "none", "trap", "loop", "bomb", "recurse", "exit", "big_emit", "bad_topic",
-    "error_code", "oob", "log", "stdout",
+    "error_code", "oob", "log", "stdout", "slow",
 };
 
 static fault chosen = NONE;
+static uint32_t spins = 10000000;
 static edge_jw out;
 
 int module_configure(const edge_json *cfg)
@@ -44,8 +49,15 @@ int module_configure(const edge_json *cfg)
     edge_json_iter_init(&it, cfg);
     while (edge_json_next_member(&it, &k, &v)) {
         size_t i;
+        if (edge_json_string_eqz(&k, "spins")) {
+            if (edge_json_uint32(&v, &spins) != 0) {
+                edge_log(EDGE_LOG_ERROR, "config: spins is not a whole number below 2^32");
+                return EDGE_E_CONFIG;
+            }
+            continue;
+        }
         if (!edge_json_string_eqz(&k, "fault")) {
-            edge_log(EDGE_LOG_ERROR, "config: unknown key (expected fault)");
+            edge_log(EDGE_LOG_ERROR, "config: unknown key (expected fault or spins)");
             return EDGE_E_CONFIG;
         }
         for (i = 0; i < sizeof fault_names / sizeof fault_names[0]; i++)
@@ -74,6 +86,17 @@ static int emit_seq(const char *topic, const edge_reading *r)
 /* A volatile counter: every iteration is an observable side effect, so the
  * loop may not be deleted (C11 6.8.5p6 only lets loops without one go). */
 static volatile unsigned spin;
+
+static int slow(const edge_reading *r)
+{
+    for (uint32_t i = 0; i < spins; i++)
+        spin++;
+    edge_jw_reset(&out);
+    edge_jw_object_begin(&out);
+    edge_jw_reading_header(&out, r);
+    edge_jw_object_end(&out);
+    return edge_emit_json("slow", &out);
+}
 
 static _Noreturn void loop_forever(void)
 {
@@ -162,6 +185,8 @@ int module_on_reading(const edge_reading *r)
         fflush(stdout);
         fflush(stderr);
         return emit_seq("echo", r);
+    case SLOW:
+        return slow(r);
     }
     return 0;
 }

@@ -1,20 +1,25 @@
 """Fixtures for the supply tests: Debian's docker-registry on a free loopback port
-(plain, or with TLS from a test CA and bcrypt htpasswd auth), keys and module dirs."""
+(plain, or with TLS from a test CA and bcrypt htpasswd auth), keys and module dirs, and
+a hostile proxy in front of the registry for what the registry itself never does."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import hashlib
 import ipaddress
 import json
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import bcrypt
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -319,3 +324,145 @@ def runtime() -> Iterator[Runtime]:
 
 async def open_supply(config: AgentConfig, rt: Runtime) -> Supply:
     return await Supply.create(config, rt)
+
+
+FILLER = bytes(range(256)) * 4096
+"""1 MiB of filler: big blobs are made of it, a block at a time."""
+
+
+def filler(size: int) -> Iterator[bytes]:
+    """`size` bytes (a multiple of 1 MiB) of filler, one block at a time."""
+    for _ in range(size // len(FILLER)):
+        yield FILLER
+
+
+async def push_big_blob(registry: Registry, repository: str, size: int) -> str:
+    """Push `size` bytes of filler as one blob through the registry's upload API (POST,
+    one PATCH with a chunked body, the closing PUT), never whole in memory; its digest."""
+    hasher = hashlib.sha256()
+
+    async def body() -> AsyncIterator[bytes]:
+        for block in filler(size):
+            hasher.update(block)
+            yield block
+
+    async with httpx.AsyncClient(base_url=f"http://{registry.host}", timeout=60) as client:
+        started = await client.post(f"/v2/{repository}/blobs/uploads/")
+        patched = await client.patch(started.headers["Location"], content=body())
+        digest = "sha256:" + hasher.hexdigest()
+        location = httpx.URL(patched.headers["Location"])
+        done = await client.put(location.copy_add_param("digest", digest))
+        assert done.status_code == 201, done.text
+    return digest
+
+
+@dataclass(frozen=True)
+class Forged:
+    """What the hostile proxy answers for one path instead of asking the registry."""
+
+    body: Callable[[], Iterator[bytes]]
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent as given: a Content-Length here is announced (and the body sent unframed)."""
+
+
+class HostileProxy:
+    """A loopback HTTP/1.1 proxy in front of the registry, playing a hostile registry:
+    it forwards GET and HEAD, answers the paths in `forged` itself, and sends every body
+    chunked, without Content-Length, unless a forged answer announces one. `sent[path]`
+    counts the body bytes handed to the kernel for the client (which need not have read
+    them all: socket buffers hold some). Use as `async with HostileProxy(registry)`."""
+
+    def __init__(self, upstream: Registry) -> None:
+        self.upstream = upstream
+        self.forged: dict[str, Forged] = {}
+        self.sent: dict[str, int] = {}
+        self.host = ""
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> HostileProxy:
+        self._client = httpx.AsyncClient(base_url=f"http://{self.upstream.host}")
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.host = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        await self._client.aclose()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                request_line, *lines = head.split("\r\n")
+                method, target, _ = request_line.split(" ", 2)
+                asked = dict(line.split(": ", 1) for line in lines if line)
+                path = urlsplit(target).path
+                forged = self.forged.get(path)
+                if forged is not None:
+                    await self._answer(
+                        writer, method, path, forged.status, forged.headers, forged.body()
+                    )
+                    continue
+                keep = {k: v for k, v in asked.items() if k.lower() in ("accept", "authorization")}
+                response = await self._client.send(
+                    self._client.build_request(method, target, headers=keep), stream=True
+                )
+                try:
+                    headers = {
+                        k: v
+                        for k, v in response.headers.items()
+                        if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                    }
+                    await self._answer(
+                        writer, method, path, response.status_code, headers, response.aiter_raw()
+                    )
+                finally:
+                    await response.aclose()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client hung up, as it should on a body it refuses
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        status: int,
+        headers: dict[str, str],
+        body: Iterator[bytes] | AsyncIterator[bytes],
+    ) -> None:
+        chunked = "Content-Length" not in headers
+        fields = {**headers, "Transfer-Encoding": "chunked"} if chunked else headers
+        writer.write(
+            (
+                f"HTTP/1.1 {status} -\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+            ).encode("latin-1")
+            + b"\r\n"
+        )
+        if method != "HEAD":
+            async for chunk in _each(body):
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                await writer.drain()
+                self.sent[path] = self.sent.get(path, 0) + len(chunk)
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+async def _each(chunks: Iterator[bytes] | AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(chunks, Iterator):
+        for chunk in chunks:
+            yield chunk
+    else:
+        async for chunk in chunks:
+            yield chunk

@@ -54,6 +54,32 @@ def test_trapping_version_rolls_back_and_restart_resumes(
     asyncio.run(go())
 
 
+def test_a_restart_mid_watch_goes_on_watching(
+    registry: Registry, keys: KeyPair, tmp_path: Path, runtime: Runtime
+) -> None:
+    """One fault before the restart, one after: over the budget of 1, so rolled back;
+    a node that forgot the first fault would keep the trapping version."""
+    config = fx.agent_config(
+        tmp_path, registry, [keys.public], rollout={"invocations": 10, "max_faults": 1}
+    )
+    base = f"{registry.host}/modules/faulty"
+
+    async def go() -> RolledBack | None:
+        await fx.publish(config, fx.module_dir(tmp_path, "1.0.0"), f"{base}:1.0.0", keys)
+        trap = fx.module_dir(tmp_path, "1.1.0", "trap", test_readings=False)
+        await fx.publish(config, trap, f"{base}:1.1.0", keys)
+        async with await fx.open_supply(config, runtime) as supply:
+            await supply.deploy(f"{base}:1.0.0")
+            await supply.deploy(f"{base}:1.1.0")
+            assert await runtime.feed(supply, "faulty", 0) is None  # within budget
+        async with await fx.open_supply(config, runtime) as restarted:
+            return await runtime.feed(restarted, "faulty", 1)  # type: ignore[no-any-return]
+
+    verdict = asyncio.run(go())
+    assert isinstance(verdict, RolledBack)
+    assert "2 faults in its first 2 invocations" in verdict.reason
+
+
 def test_legacy_signature_and_rotated_keys(
     registry: Registry, keys: KeyPair, tmp_path: Path, runtime: Runtime
 ) -> None:
