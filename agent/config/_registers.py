@@ -74,6 +74,19 @@ class RegisterSpec(StrictModel):
     min: float | None = Field(None, allow_inf_nan=False)
     max: float | None = Field(None, allow_inf_nan=False)
     """Accepted range of a written engineering value."""
+    on_change: bool = False
+    """Send the value only when it changed (report by exception), not with every poll."""
+    deadband: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """Numbers: a change up to this much (engineering units) is no change."""
+    deadband_percent: float | None = Field(None, gt=0, le=100, allow_inf_nan=False)
+    """Numbers: a change up to this percent of the last value sent is no change."""
+    max_interval_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    """With report by exception: send the value at least this often, changed or not."""
+
+    @property
+    def by_exception(self) -> bool:
+        """Sent when it changes, not with every poll."""
+        return self.on_change or self.deadband is not None or self.deadband_percent is not None
 
     @property
     def size(self) -> int:
@@ -115,6 +128,21 @@ class RegisterSpec(StrictModel):
             raise ValueError("min and max apply to writable numeric registers")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+    @model_validator(mode="after")
+    def _reporting(self) -> RegisterSpec:
+        if (self.deadband is not None or self.deadband_percent is not None) and (
+            self.type not in NUMERIC_TYPES
+        ):
+            raise ValueError(f"a deadband applies to numeric types, not {self.type!r}")
+        if self.deadband is not None and self.deadband_percent is not None:
+            raise ValueError("give deadband or deadband_percent, not both")
+        if self.max_interval_s is not None and not self.by_exception:
+            raise ValueError(
+                "max_interval_s is the heartbeat of a value sent by exception: "
+                "it needs on_change, deadband or deadband_percent"
+            )
         return self
 
 

@@ -28,6 +28,7 @@ from agent.errors import (
     WriteRefused,
 )
 from agent.modbus._codec import RawValue, decode, encode, to_engineering, to_raw
+from agent.modbus._exception import ExceptionFilter
 from agent.modbus._link import Link
 from agent.modbus._plan import ReadBlock, plan_reads
 from agent.reading import Reading, Value
@@ -48,6 +49,9 @@ class _Device:
         self.name = config.name
         self.link = link
         self._on_reading = on_reading
+        self._exceptions = ExceptionFilter(
+            r for g in config.register_map.groups for r in g.registers
+        )
         self.plans: dict[str, tuple[ReadBlock, ...]] = {
             g.name: plan_reads(
                 g.registers, max_gap=config.max_gap, single=config.single_register_reads
@@ -123,6 +127,9 @@ class _Device:
             return  # shutting down: the failures are ours, not the device's
         values = {reg.name: self._value(reg, words, failed) for reg in group.registers}
         self._account(errors, len(blocks), started)
+        values = self._exceptions.report(values, time.monotonic())
+        if not values:
+            return  # nothing changed that the map asks to send
         async with self._emit_lock:
             reading = Reading(self.name, ts, self.seq, values)
             self.seq += 1
