@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self
 
+from agent._sqlite import open_exclusive
 from agent.errors import JournalError
 from agent.reading import Reading
 from agent.status import JournalStatus
@@ -99,27 +100,10 @@ class Journal:
         synchronous: Literal["normal", "full"] = "normal",
     ) -> Journal:
         """Open or create the journal at `path`; a second opener of the file is refused."""
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=0)
-        except (OSError, sqlite3.Error) as err:
-            raise JournalError(f"journal {path}: cannot open: {err}") from err
-        try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-            db.execute("PRAGMA journal_size_limit=67108864")
-            db.execute("BEGIN IMMEDIATE")
-            db.executescript(_SCHEMA)
-            return cls(db, path, limits or JournalLimits())
-        except sqlite3.OperationalError as err:
-            db.close()
-            if "locked" in str(err):
-                raise JournalError(f"journal {path} is in use by another process") from err
-            raise JournalError(f"journal {path}: {err}") from err
-        except sqlite3.DatabaseError as err:
-            db.close()
-            raise JournalError(f"journal {path} is not a usable SQLite database: {err}") from err
+        db = open_exclusive(
+            path, _SCHEMA, synchronous=synchronous, what="journal", error=JournalError
+        )
+        return cls(db, path, limits or JournalLimits())
 
     def __enter__(self) -> Self:
         return self

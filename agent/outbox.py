@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Self
 
+from agent._sqlite import open_exclusive
 from agent.errors import OutboxError
 from agent.topics import name_error
 
@@ -164,28 +165,10 @@ class Outbox:
         """Open or create the outbox at `path`; a second opener of the same file is refused."""
         if synchronous not in ("normal", "full"):
             raise ValueError(f"outbox synchronous must be 'normal' or 'full', got {synchronous!r}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, isolation_level=None, timeout=0)
-        except (OSError, sqlite3.Error) as err:
-            raise OutboxError(f"outbox {path}: cannot open: {err}") from err
-        try:
-            # Exclusive locking: two agents draining one outbox would publish twice.
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            db.execute("PRAGMA journal_size_limit=67108864")
-            db.execute("BEGIN IMMEDIATE")
-            db.executescript(_SCHEMA)  # commits, and keeps the exclusive lock
-            return cls(db, path, limits or OutboxLimits(), clock)
-        except sqlite3.OperationalError as err:
-            db.close()
-            if "locked" in str(err):
-                raise OutboxError(f"outbox {path} is in use by another process") from err
-            raise OutboxError(f"outbox {path}: {err}") from err
-        except sqlite3.DatabaseError as err:
-            db.close()
-            raise OutboxError(f"outbox {path} is not a usable SQLite database: {err}") from err
+        db = open_exclusive(
+            path, _SCHEMA, synchronous=synchronous, what="outbox", error=OutboxError
+        )
+        return cls(db, path, limits or OutboxLimits(), clock)
 
     def __enter__(self) -> Self:
         return self
