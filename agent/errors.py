@@ -175,13 +175,18 @@ class BrokerUnreachable(AgentError):
         self.reason = message
 
 
-class ModbusError(AgentError):
-    """A Modbus request failed; `where` names the device (or the connection) it was for."""
+class DeviceError(AgentError):
+    """A device request failed, whatever the protocol; `where` names the device (or the
+    connection) it was for, `reason` what went wrong."""
 
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}")
         self.where = where
         self.reason = message
+
+
+class ModbusError(DeviceError):
+    """A Modbus request failed."""
 
 
 class ModbusTimeout(ModbusError, TimeoutError):
@@ -200,12 +205,33 @@ class ModbusExceptionResponse(ModbusError):
         self.code = code
 
 
-class WriteRefused(ModbusError):
-    """A write was refused before it reached the device: not writable, out of range, bad type."""
+class WriteRefused(DeviceError):
+    """A write was refused before it reached the device: not writable, out of range, bad
+    type; over Modbus and OPC UA alike."""
 
 
-class ReadbackMismatch(ModbusError):
-    """The registers read back after a write differ from what was written."""
+class ReadbackMismatch(DeviceError):
+    """What was read back after a write differs from what was written."""
+
+
+class OpcuaError(DeviceError):
+    """An OPC UA request or session failed."""
+
+
+class OpcuaTimeout(OpcuaError, TimeoutError):
+    """The server did not answer within the device's timeout."""
+
+
+class OpcuaConnectionError(OpcuaError, ConnectionError):
+    """No session: the server is unreachable, hung up, or refused the secure channel."""
+
+
+class OpcuaStatusError(OpcuaError):
+    """The server answered with a bad status code; `code` is its name (BadNotWritable, ...)."""
+
+    def __init__(self, where: str, code: str, message: str) -> None:
+        super().__init__(where, message)
+        self.code = code
 
 
 EXCEPTION_NAMES: dict[int, str] = {

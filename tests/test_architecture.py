@@ -136,3 +136,14 @@ def test_the_config_loads_without_the_modbus_library() -> None:
     code = "import sys, agent.config; print(sorted(m for m in sys.modules if 'pymodbus' in m))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_node_without_opcua_or_sparkplug_loads_neither_library() -> None:
+    """asyncua and protobuf cost about 20 MB of resident memory: only nodes with OPC UA
+    devices or Sparkplug enabled may pay for them."""
+    code = (
+        "import sys, agent.cli, agent.runtime; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncua', 'google'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

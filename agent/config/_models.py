@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     Field,
+    PlainValidator,
     PrivateAttr,
     ValidationInfo,
     model_validator,
@@ -22,6 +23,7 @@ from pydantic import (
 
 from agent.config._devices import DeviceConfig
 from agent.config._fields import NAME_PATTERN, ConfigPath
+from agent.config._opcua import OpcuaDeviceConfig, any_device
 from agent.topics import matches
 from agent.validation import StrictModel, check_unique
 from agent.wasm import Limits, Preopen, WasiSpec
@@ -221,6 +223,8 @@ class MetricsConfig(StrictModel):
 
 TOPIC_LEVEL_PATTERN = r"^[^+#/\x00]+(/[^+#/\x00]+)*$"
 """A topic without wildcards or empty levels."""
+SPARKPLUG_ID_PATTERN = r"^[^+#/\x00]+$"
+"""A Sparkplug group, edge node or host id: one topic level, no wildcards."""
 
 
 class TlsConfig(StrictModel):
@@ -342,6 +346,21 @@ class OutboxConfig(StrictModel):
     """normal: survives a crash or SIGKILL of the agent; full: also power loss (fsync)."""
 
 
+class SparkplugConfig(StrictModel):
+    """Sparkplug B northbound, beside the JSON topics: the agent is the edge node, its
+    devices are Sparkplug devices (`spBv1.0/<group_id>/...`), on a session of its own."""
+
+    enabled: bool = False
+    group_id: str = Field("edge", pattern=SPARKPLUG_ID_PATTERN)
+    edge_node_id: str | None = Field(None, pattern=SPARKPLUG_ID_PATTERN)
+    """The node id unless set."""
+    primary_host_id: str | None = Field(None, pattern=SPARKPLUG_ID_PATTERN)
+    """When set, births wait until `spBv1.0/STATE/<id>` says online, and a host that
+    goes offline ends the session (NDEATH); its return starts a new one."""
+    data_qos: Literal[0, 1] = 0
+    """QoS of DDATA: Sparkplug requires 0; 1 makes the last hop at least once too."""
+
+
 class JournalConfig(StrictModel):
     path: ConfigPath | None = None
     """The SQLite file; `journal.sqlite` in `node.state_dir` unless set."""
@@ -366,7 +385,11 @@ class AgentConfig(StrictModel):
     mqtt: MqttConfig = MqttConfig()
     outbox: OutboxConfig = OutboxConfig()
     journal: JournalConfig = JournalConfig()
-    devices: tuple[DeviceConfig, ...] = ()
+    sparkplug: SparkplugConfig = SparkplugConfig()
+    devices: tuple[
+        Annotated[DeviceConfig | OpcuaDeviceConfig, PlainValidator(any_device)], ...
+    ] = ()
+    """Modbus devices, and OPC UA servers (`transport = "opcua"`)."""
 
     @model_validator(mode="after")
     def _unique_module_names(self) -> AgentConfig:
@@ -392,7 +415,7 @@ class AgentConfig(StrictModel):
         check_unique((d.name for d in self.devices), "device name")
         first: dict[tuple[str, str, int], DeviceConfig] = {}
         units: set[tuple[tuple[str, str, int], int]] = set()
-        for device in self.devices:
+        for device in self.modbus_devices:
             key = device.connection.key
             other = first.setdefault(key, device)
             if other.connection != device.connection:
@@ -404,6 +427,14 @@ class AgentConfig(StrictModel):
                 raise ValueError(f"device {device.name!r}: unit {device.unit} is used twice")
             units.add((key, device.unit))
         return self
+
+    @property
+    def modbus_devices(self) -> tuple[DeviceConfig, ...]:
+        return tuple(d for d in self.devices if isinstance(d, DeviceConfig))
+
+    @property
+    def opcua_devices(self) -> tuple[OpcuaDeviceConfig, ...]:
+        return tuple(d for d in self.devices if isinstance(d, OpcuaDeviceConfig))
 
     def limits_for(self, module: ModuleConfig) -> Limits:
         return (module.limits or self.limits).to_limits()

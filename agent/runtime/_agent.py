@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.config import AgentConfig
@@ -21,15 +22,19 @@ from agent.control import ControlServer
 from agent.errors import AgentError
 from agent.journal import Journal, JournalLimits
 from agent.metrics import MetricsServer
-from agent.modbus import DevicePool
+from agent.modbus import OnReading
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
 from agent.outbox import Outbox, OutboxLimits
 from agent.runtime._commands import register_commands
+from agent.runtime._devices import Devices
 from agent.runtime._tasks import Background
 from agent.runtime._versions import ModuleVersions
 from agent.status import AgentStatus, EngineStatus, StatusSnapshot
 from agent.systemd import Notifier
 from agent.wasm import Engine, create_engine
+
+if TYPE_CHECKING:
+    from agent.sparkplug import SparkplugNode
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +61,8 @@ class Agent:
         self._link: MqttLink | None = None
         self._journal: Journal | None = None
         self._versions: ModuleVersions | None = None
-        self._devices: DevicePool | None = None
+        self._devices: Devices | None = None
+        self._sparkplug: SparkplugNode | None = None
 
     @property
     def versions(self) -> ModuleVersions:
@@ -82,6 +88,7 @@ class Agent:
             outbox = await self._open_outbox(stack)
             journal = self._open_journal(stack)
             link = await self._connect(stack, outbox)
+            await self._start_sparkplug(stack)
             await self._start_modules(stack, outbox, journal)
             devices = await self._start_devices(stack, journal)
             await self._serve_status(stack)
@@ -141,18 +148,29 @@ class Agent:
         )
         return link
 
+    async def _start_sparkplug(self, stack: contextlib.AsyncExitStack) -> None:
+        """Sparkplug B beside the JSON link: its own session, its own outbox."""
+        if self.config.sparkplug.enabled:
+            # Imported here: protobuf and the schema stay out of nodes that do not use it.
+            from agent.sparkplug import SparkplugNode  # noqa: PLC0415
+
+            node = SparkplugNode(self.config)
+            self._sparkplug = await stack.enter_async_context(node)
+
     async def _start_modules(
         self, stack: contextlib.AsyncExitStack, outbox: Outbox, journal: Journal
     ) -> None:
-        versions = ModuleVersions(self.config, self._engine_or_fail(), outbox, journal)
+        sink = outbox if self._sparkplug is None else self._sparkplug.tap(outbox)
+        versions = ModuleVersions(self.config, self._engine_or_fail(), sink, journal)
         self._versions = await stack.enter_async_context(versions)
 
-    async def _start_devices(
-        self, stack: contextlib.AsyncExitStack, journal: Journal
-    ) -> DevicePool:
-        pool = DevicePool.create(
-            self.config.devices, self.versions.pipeline.on_reading, seqs=journal.next_seqs()
-        )
+    async def _start_devices(self, stack: contextlib.AsyncExitStack, journal: Journal) -> Devices:
+        on_reading: OnReading = self.versions.pipeline.on_reading
+        if (sparkplug := self._sparkplug) is not None:
+            on_reading = sparkplug.after(on_reading)
+        pool = Devices.create(self.config, on_reading, seqs=journal.next_seqs())
+        if sparkplug is not None:
+            sparkplug.attach(pool)
         self._devices = await stack.enter_async_context(pool)
         return self._devices
 
@@ -162,7 +180,7 @@ class Agent:
         if config.metrics.listen is not None:
             await stack.enter_async_context(MetricsServer(config.metrics.listen, self.snapshot))
 
-    async def _serve_commands(self, link: MqttLink, devices: DevicePool) -> None:
+    async def _serve_commands(self, link: MqttLink, devices: Devices) -> None:
         if not self.config.commands.enabled:
             return
         router = register_commands(

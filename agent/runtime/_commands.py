@@ -25,7 +25,7 @@ from agent.commands import (
 )
 from agent.config import AgentConfig, load_config
 from agent.errors import CommandFailed, ConfigError
-from agent.modbus import DevicePool
+from agent.runtime._devices import Devices
 from agent.runtime._versions import ModuleVersions
 from agent.status import SnapshotProvider
 
@@ -34,7 +34,7 @@ def register_commands(
     config: AgentConfig,
     config_path: Path | None,
     versions: ModuleVersions,
-    devices: DevicePool,
+    devices: Devices,
     snapshot: SnapshotProvider,
     *,
     on_reload: Callable[[AgentConfig], None],

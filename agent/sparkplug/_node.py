@@ -1,0 +1,252 @@
+"""The Sparkplug B edge node: the agent's devices as Sparkplug devices, beside the JSON
+topics.
+
+Owns each device's Sparkplug state (born or not, its last good values) and turns
+readings into what a host must see: a DBIRTH when a device comes online, DDATA while it
+is, a DDEATH when it goes offline (the device pool's own verdict); a DCMD becomes a
+write with read-back whose value goes out as DDATA; module outputs, tapped from the
+pipeline's sink, become NDATA (`_outputs`). It stores those messages in order
+in a durable outbox of its own (`<state_dir>/sparkplug/outbox.sqlite`) and leaves the
+connection, the births and the seq to `_session`. It must not change what the JSON
+outbox gets (the tap passes every message on first) nor touch the journal: a reading
+reaches it after the pipeline has journaled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.config import AgentConfig, DeviceConfig
+from agent.errors import AgentError
+from agent.outbox import Outbox, OutboxLimits, Outgoing
+from agent.reading import Reading
+from agent.sparkplug._outputs import Catalog, outputs, typed
+from agent.sparkplug._payload import (
+    REBIRTH_ALIAS,
+    MetricDef,
+    Scalar,
+    device_birth,
+    device_data,
+    device_death,
+    device_metrics,
+    node_data,
+    parse,
+    value_of,
+)
+from agent.sparkplug._session import BdSeq, Session
+from agent.status import DeviceStatus
+
+log = logging.getLogger(__name__)
+
+OnReading = Callable[[Reading], Awaitable[None]]
+
+
+class Sink(Protocol):
+    """Where module outputs go: the JSON outbox."""
+
+    async def put(self, topic: str, payload: bytes, *, qos: int) -> None: ...
+
+
+class Devices(Protocol):
+    """What the node needs of the device pool."""
+
+    def status(self) -> Sequence[DeviceStatus]: ...
+
+    async def write(self, device: str, register: str, value: Scalar) -> Scalar: ...
+
+
+@dataclass
+class _Device:
+    born: bool = False
+    seen: bool = False
+    """Whether a reading decided its state yet: the first births wait for every device."""
+    values: dict[str, Scalar] = field(default_factory=dict)
+
+
+class SparkplugNode:
+    """The edge node `edge_node_id` (the node id unless set) of `group_id`; `async with`
+    opens its outbox and keeps its session up. Feed it readings with `on_reading`."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        sparkplug = config.sparkplug
+        self.edge_node_id = sparkplug.edge_node_id or config.node.id
+        self._config = config
+        self._metrics = device_metrics(d for d in config.devices if isinstance(d, DeviceConfig))
+        self._devices = {name: _Device() for name in self._metrics}
+        self._pool: Devices | None = None
+        self._settled = asyncio.Event()
+        if not self._devices:
+            self._settled.set()
+        self._outbox: Outbox | None = None
+        self._session: Session | None = None
+        self._dir = config.node.state_dir / "sparkplug"
+        device_aliases = (m.alias for d in self._metrics.values() for m in d.metrics)
+        self._catalog = Catalog(
+            self._dir / "metrics.json", max(device_aliases, default=REBIRTH_ALIAS) + 1
+        )
+        self._root = f"{config.mqtt.topic_prefix}/{config.node.id}/"
+
+    async def __aenter__(self) -> SparkplugNode:
+        config = self._config
+        limits = OutboxLimits(
+            config.outbox.max_messages, config.outbox.max_bytes, config.outbox.max_age_s
+        )
+        self._outbox = Outbox.open(
+            self._dir / "outbox.sqlite", limits, synchronous=config.outbox.synchronous
+        )
+        session = Session(
+            config.mqtt,
+            config.sparkplug,
+            self.edge_node_id,
+            self._outbox,
+            BdSeq(self._dir / "bdseq"),
+            births=self._births,
+            on_command=self._command,
+            settled=self._settled,
+        )
+        try:
+            self._session = await session.__aenter__()
+        except BaseException:
+            self._outbox.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.__aexit__(*exc)
+        if self._outbox is not None:
+            self._outbox.close()
+
+    def attach(self, devices: Devices) -> None:
+        """The pool whose states decide births and deaths, and which DCMDs write to."""
+        self._pool = devices
+
+    def after(self, first: OnReading) -> OnReading:
+        """A reading handler that runs `first` (the pipeline, which journals the reading),
+        then this node's."""
+
+        async def both(reading: Reading) -> None:
+            try:
+                await first(reading)
+            finally:
+                await self.on_reading(reading)
+
+        return both
+
+    def tap(self, sink: Sink) -> Sink:
+        """`sink`, with every module output also sent as NDATA metrics."""
+        return _Tap(self, sink)
+
+    async def on_output(self, topic: str, payload: bytes) -> None:
+        """Store a module's message as NDATA: its scalars, new ones added to the catalog
+        (the session sends births with them before this NDATA)."""
+        relative = topic.removeprefix(self._root)
+        if relative == topic or relative.startswith("devices/"):
+            return  # not a module's output: raw readings
+        new, fitting = typed(outputs(relative, payload), self._catalog)
+        if new:
+            self._catalog.add(new)
+        metrics = [(d, v) for n, v in fitting.items() if (d := self._catalog.get(n)) is not None]
+        if not metrics:
+            return
+        self._catalog.values.update((d.name, v) for d, v in metrics)
+        if self._outbox is not None and self._session is not None:
+            message = Outgoing(self._session.topic.format("NDATA"), node_data(metrics, time.time()))
+            await self._outbox.put_many([message])
+
+    async def on_reading(self, reading: Reading) -> None:
+        """Store what the reading means for its device: DBIRTH, DDATA or DDEATH."""
+        device = self._devices.get(reading.device)
+        metrics = self._metrics.get(reading.device)
+        if device is None or metrics is None or self._pool is None:
+            return
+        state = next((s.state for s in self._pool.status() if s.name == reading.device), None)
+        self._seen(device)
+        if state == "offline":
+            if device.born:
+                device.born = False
+                await self._put(reading.device, "DDEATH", device_death(reading.ts))
+            return
+        # Report by exception, as Sparkplug intends: DDATA carries what changed.
+        changed = {
+            name: v.value
+            for name, v in reading.values.items()
+            if v.quality == "good" and device.values.get(name) != v.value
+        }
+        device.values.update(changed)
+        if not device.born:
+            device.born = True
+            payload = device_birth(metrics, device.values, reading.ts)
+            await self._put(reading.device, "DBIRTH", payload)
+        elif changed:
+            await self._put(reading.device, "DDATA", device_data(metrics, changed, reading.ts))
+
+    def _seen(self, device: _Device) -> None:
+        if not device.seen:
+            device.seen = True
+            if all(d.seen for d in self._devices.values()):
+                self._settled.set()
+
+    def _births(self) -> tuple[list[tuple[MetricDef, Scalar | None]], list[tuple[str, bytes]]]:
+        now = time.time()
+        node = [(m, self._catalog.values.get(m.name)) for m in self._catalog]
+        return node, [
+            (self._topic("DBIRTH", name), device_birth(self._metrics[name], device.values, now))
+            for name, device in self._devices.items()
+            if device.born
+        ]
+
+    async def _put(self, device: str, kind: str, payload: bytes) -> None:
+        if self._outbox is not None:
+            await self._outbox.put_many([Outgoing(self._topic(kind, device), payload)])
+
+    def _topic(self, kind: str, device: str) -> str:
+        assert self._session is not None
+        return f"{self._session.topic.format(kind)}/{device}"
+
+    async def _command(self, name: str, data: bytes) -> None:
+        """A DCMD: each metric written to its register, read back, and sent as DDATA."""
+        metrics = self._metrics.get(name)
+        device = self._devices.get(name)
+        if metrics is None or device is None or self._pool is None:
+            log.warning("Sparkplug DCMD for unknown device %r ignored", name)
+            return
+        try:
+            payload = parse(data)
+        except ValueError as err:
+            log.warning("Sparkplug DCMD for %s ignored: %s", name, err)
+            return
+        for metric in payload.metrics:
+            definition = metrics.resolve(metric)
+            if definition is None:
+                log.warning("Sparkplug DCMD for %s: no such metric %r", name, metric.name)
+                continue
+            try:
+                value = value_of(metric, definition.datatype)
+                back = await self._pool.write(name, definition.name, value)
+            except (ValueError, AgentError) as err:
+                log.warning("Sparkplug DCMD %s/%s failed: %s", name, definition.name, err)
+                continue
+            device.values[definition.name] = back
+            if device.born:
+                ddata = device_data(metrics, {definition.name: back}, time.time())
+                await self._put(name, "DDATA", ddata)
+
+
+class _Tap:
+    def __init__(self, node: SparkplugNode, sink: Sink) -> None:
+        self._node = node
+        self._sink = sink
+
+    async def put(self, topic: str, payload: bytes, *, qos: int) -> None:
+        await self._sink.put(topic, payload, qos=qos)
+        try:
+            await self._node.on_output(topic, payload)
+        except (OSError, AgentError):
+            # The JSON message is stored: the pipeline must go on, Sparkplug or not.
+            log.exception("Sparkplug: module output on %s not stored", topic)

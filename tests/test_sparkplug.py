@@ -1,0 +1,446 @@
+"""Sparkplug B end to end: the agent as a process, a simulated Modbus device, mosquitto,
+and mosquitto's own clients as the host application.
+
+The payloads are decoded with classes built here from `sparkplug_b.proto` (compiled at
+test time into a descriptor set of its own), never with the agent's generated module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from agent.config import load_config
+from agent.sim import DeviceImage, SimServer
+from agent.sparkplug import datatype_of
+from tests.brokers import Mosquitto, Subscriber, free_port, until
+from tests.conftest import REPO
+
+GROUP = "plant"
+NODE = "gw-1"
+HOST = "scada"
+PROTO = REPO / "agent" / "sparkplug" / "sparkplug_b.proto"
+
+MAP = """
+[[groups]]
+name = "fast"
+interval_s = 0.01
+registers = [
+  {name = "running", table = "coil", address = 0, type = "bool", writable = true},
+  {name = "speed", table = "holding", address = 0, type = "int16", writable = true},
+  {name = "count", table = "holding", address = 1, type = "uint16"},
+  {name = "total", table = "holding", address = 2, type = "int32"},
+  {name = "flow", table = "holding", address = 4, type = "float32", unit = "m3/h"},
+  {name = "energy", table = "holding", address = 6, type = "float64"},
+  {name = "label", table = "holding", address = 10, type = "string", length = 2},
+  {name = "temp", table = "input", address = 0, type = "int16", scale = 0.1},
+]
+"""
+EXPECTED_TYPES = {
+    "running": "Boolean",
+    "speed": "Int16",
+    "count": "UInt16",
+    "total": "Int32",
+    "flow": "Float",
+    "energy": "Double",
+    "label": "String",
+    "temp": "Double",
+}
+
+
+class Schema:
+    """Payload and DataType from the .proto, in a descriptor pool of their own."""
+
+    def __init__(self, workdir: Path) -> None:
+        from grpc_tools import protoc  # noqa: PLC0415  (dev-only tool)
+
+        out = workdir / "sparkplug.desc"
+        args = ["protoc", f"-I{PROTO.parent}", f"--descriptor_set_out={out}", PROTO.name]
+        assert protoc.main(args) == 0
+        files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+        pool = descriptor_pool.DescriptorPool()
+        for file in files.file:
+            pool.Add(file)
+        self.payload = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("org.eclipse.tahu.protobuf.Payload")
+        )
+        self.types = {
+            v.name: v.number
+            for v in pool.FindEnumTypeByName("org.eclipse.tahu.protobuf.DataType").values
+        }
+
+    def decode(self, hex_payload: str) -> Any:
+        return self.payload.FromString(bytes.fromhex(hex_payload))
+
+    def encode(self, **fields: Any) -> bytes:
+        return bytes(self.payload(**fields).SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> Schema:
+    return Schema(tmp_path_factory.mktemp("schema"))
+
+
+@dataclass
+class Node:
+    config: Path
+    image: DeviceImage
+    device_port: int
+    broker: Mosquitto
+
+    def start(self) -> subprocess.Popen[bytes]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "agent", "--log-level", "info", "run", "--config"]
+        with (self.config.parent / "agent.log").open("ab") as log:
+            return subprocess.Popen([*command, str(self.config)], env=env, stderr=log)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Subscriber]:
+        """The device served, a subscriber to the group, the agent started; on exit
+        the agent stops cleanly (SIGTERM, exit code 0)."""
+        async with (
+            SimServer({1: self.image}, port=self.device_port),
+            Subscriber(self.broker, f"spBv1.0/{GROUP}/#", "-F", "%t %x") as sub,
+        ):
+            agent = self.start()
+            try:
+                yield sub
+            finally:
+                agent.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(agent.wait, 30) == 0
+
+    def topic(self, kind: str, device: str | None = None) -> str:
+        return f"spBv1.0/{GROUP}/{kind}/{NODE}" + (f"/{device}" if device else "")
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        path = self.config.parent / "message.bin"
+        path.write_bytes(payload)
+        args = ["mosquitto_pub", "-p", str(self.broker.port), "-t", topic, "-f", str(path)]
+        pub = await asyncio.create_subprocess_exec(*args, *(["-r"] if retain else []))
+        assert await pub.wait() == 0
+
+
+def make_node(
+    tmp_path: Path,
+    broker: Mosquitto,
+    *,
+    primary_host: bool = False,
+    extra: str = "",
+    extra_sections: str = "",
+) -> Node:
+    (tmp_path / "fast.toml").write_text(MAP)
+    image = DeviceImage(size=32)
+    image.set("holding", 10, [ord("o") << 8 | ord("k"), 0])
+    image.set("input", 0, [215])
+    counter = iter(range(1 << 30))
+    # Every read sees a new count: each poll changes a value, so each makes a DDATA.
+    image.before_read = lambda: image.set("holding", 1, [next(counter) % 65536])
+    port = free_port()
+    host = f'primary_host_id = "{HOST}"' if primary_host else ""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f"""
+[node]
+id = "{NODE}"
+state_dir = "state"
+
+[engine]
+kind = "wasmtime"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+reconnect_min_s = 0.1
+reconnect_max_s = 0.5
+
+[control]
+socket = "control.sock"
+
+[commands]
+enabled = false
+
+[sparkplug]
+enabled = true
+group_id = "{GROUP}"
+{host}
+{extra}
+
+{extra_sections}
+[[devices]]
+name = "pump"
+transport = "tcp"
+host = "127.0.0.1"
+port = {port}
+map = "fast.toml"
+timeout_s = 0.2
+retries = 0
+reconnect_max_s = 0.2
+"""
+    )
+    return Node(config, image, port, broker)
+
+
+def sparkplug_messages(sub: Subscriber, schema: Schema) -> Iterator[tuple[str, Any]]:
+    for topic, hex_payload in sub.messages:
+        if not topic.startswith("spBv1.0/STATE/"):
+            yield topic, schema.decode(hex_payload)
+
+
+def metric(payload: Any, name: str) -> Any:
+    return next(m for m in payload.metrics if m.name == name)
+
+
+def test_the_sparkplug_session_births_data_commands_and_deaths(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    node = make_node(tmp_path, mosquitto)
+
+    async def scenario() -> list[tuple[str, Any]]:
+        sim = SimServer({1: node.image}, port=node.device_port)
+        await sim.start()
+        async with Subscriber(mosquitto, "spBv1.0/#", "-F", "%t %x") as sub:
+
+            def seen(kind: str, device: str | None = None) -> list[Any]:
+                want = node.topic(kind, device)
+                return [p for t, p in sparkplug_messages(sub, schema) if t == want]
+
+            agent = node.start()
+            try:
+                await until(lambda: len(seen("DDATA", "pump")) >= 300, 30)
+
+                # Rebirth on NCMD, by name.
+                rebirth = {"name": "Node Control/Rebirth", "boolean_value": True}
+                await node.publish(node.topic("NCMD"), schema.encode(metrics=[rebirth]))
+                await until(lambda: len(seen("NBIRTH")) == 2 and len(seen("DBIRTH", "pump")) == 2)
+
+                # DCMD by alias: a write that reaches the device, read back as DDATA.
+                speed = next(m for m in seen("DBIRTH", "pump")[0].metrics if m.name == "speed")
+                write = {"alias": speed.alias, "int_value": (-42) & 0xFFFFFFFF}
+                await node.publish(node.topic("DCMD", "pump"), schema.encode(metrics=[write]))
+                await until(lambda: node.image.tables["holding"][0] == (-42) & 0xFFFF)
+
+                def echoed() -> bool:
+                    return any(
+                        m.alias == speed.alias and m.int_value == (-42) & 0xFFFFFFFF
+                        for p in seen("DDATA", "pump")
+                        for m in p.metrics
+                    )
+
+                await until(echoed)
+
+                # The device goes away, and comes back.
+                await sim.stop()
+                await until(lambda: len(seen("DDEATH", "pump")) == 1)
+                await sim.start()
+                await until(lambda: len(seen("DBIRTH", "pump")) == 3)
+
+                # Killed: the broker sends the will, NDEATH with this session's bdSeq.
+                agent.send_signal(signal.SIGKILL)
+                agent.wait(10)
+                await until(lambda: len(seen("NDEATH")) == 1)
+
+                # The next session has the next bdSeq; a clean stop sends its NDEATH itself.
+                agent = node.start()
+                await until(lambda: len(seen("NBIRTH")) == 3)
+                agent.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(agent.wait, 30) == 0
+                await until(lambda: len(seen("NDEATH")) == 2)
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait(10)
+                await sim.stop()
+            return list(sparkplug_messages(sub, schema))
+
+    check_session(node, schema, asyncio.run(scenario()))
+
+
+def check_session(node: Node, schema: Schema, messages: list[tuple[str, Any]]) -> None:
+    types = schema.types
+    births = [p for t, p in messages if t == node.topic("NBIRTH")]
+    deaths = [p for t, p in messages if t == node.topic("NDEATH")]
+    assert [metric(p, "bdSeq").long_value for p in births] == [0, 0, 1]  # a rebirth keeps it
+    assert [metric(p, "bdSeq").long_value for p in deaths] == [0, 1]
+    assert all(metric(p, "bdSeq").datatype == types["Int64"] for p in births + deaths)
+    rebirth = metric(births[0], "Node Control/Rebirth")
+    assert (rebirth.datatype, rebirth.boolean_value) == (types["Boolean"], False)
+
+    dbirth = next(p for t, p in messages if t == node.topic("DBIRTH", "pump"))
+    by_name = {m.name: m for m in dbirth.metrics}
+    assert {n: m.datatype for n, m in by_name.items()} == {
+        n: types[t] for n, t in EXPECTED_TYPES.items()
+    }
+    aliases = [m.alias for m in dbirth.metrics]
+    assert len(set(aliases)) == len(aliases)
+    assert rebirth.alias not in aliases  # unique across the edge node
+    assert by_name["label"].string_value == "ok"
+    assert by_name["temp"].double_value == pytest.approx(21.5)
+    assert by_name["running"].boolean_value is False
+
+    # Each session's messages: seq 0 in the NBIRTH, then one more each, 255 wraps to 0.
+    first_session: list[Any] = []
+    for topic, payload in messages:
+        if topic.split("/")[2] in ("NCMD", "DCMD"):
+            continue  # the test's own commands
+        if topic == node.topic("NBIRTH") and first_session:
+            break
+        first_session.append(payload)
+    seqs = [p.seq for p in first_session]
+    assert seqs == [i % 256 for i in range(len(seqs))]
+    assert len(seqs) > 256
+    # DDATA speaks by alias only, with the births' datatypes.
+    ddata = [p for t, p in messages if t == node.topic("DDATA", "pump")]
+    assert all(not m.HasField("name") and m.alias in aliases for p in ddata for m in p.metrics)
+    count = next(m for m in dbirth.metrics if m.name == "count")
+    assert any(m.alias == count.alias and m.HasField("int_value") for m in ddata[0].metrics)
+
+
+def test_births_wait_for_the_primary_host_and_follow_its_state(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    node = make_node(tmp_path, mosquitto, primary_host=True)
+    state_topic = f"spBv1.0/STATE/{HOST}"
+
+    def state(online: bool) -> bytes:
+        return json.dumps({"online": online, "timestamp": int(time.time() * 1000)}).encode()
+
+    async def scenario() -> list[tuple[str, Any]]:
+        await node.publish(state_topic, state(False), retain=True)
+        async with node.running() as sub:
+
+            def count(kind: str) -> int:
+                return sum(t == node.topic(kind) for t, _ in sub.messages)
+
+            await asyncio.sleep(3)  # started, connected, polling: yet no birth
+            assert count("NBIRTH") == 0
+            await node.publish(state_topic, state(True), retain=True)
+            await until(lambda: count("NBIRTH") == 1)
+            await until(lambda: any(t == node.topic("DDATA", "pump") for t, _ in sub.messages))
+            await node.publish(state_topic, state(False), retain=True)
+            await until(lambda: count("NDEATH") == 1)
+            await asyncio.sleep(0.5)
+            assert count("NBIRTH") == 1  # a new session waits for the host again
+            await node.publish(state_topic, state(True), retain=True)
+            await until(lambda: count("NBIRTH") == 2)
+        return list(sparkplug_messages(sub, schema))
+
+    messages = asyncio.run(scenario())
+    kinds = [t.split("/")[2] for t, _ in messages]
+    births = [p for t, p in messages if t == node.topic("NBIRTH")]
+    assert [metric(p, "bdSeq").long_value for p in births] == [0, 1]
+    death = next(p for t, p in messages if t == node.topic("NDEATH"))
+    assert metric(death, "bdSeq").long_value == 0
+    # The host's return gets the whole birth sequence again before any data.
+    second = kinds.index("NBIRTH", kinds.index("NDEATH"))
+    assert kinds[second + 1] == "DBIRTH"
+
+
+def test_data_stored_while_the_broker_is_down_follows_the_next_births(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    """DDATA polled during an outage is kept on disk, and goes out after the new
+    session's NBIRTH and DBIRTH, in order, flagged historical, with the new seq."""
+    with mosquitto.config.open("a") as conf:
+        conf.write("queue_qos0_messages true\n")  # the test's subscriber sees QoS 0 too
+    mosquitto.stop()
+    mosquitto.start()
+    node = make_node(tmp_path, mosquitto, extra="data_qos = 1")
+    ddata = node.topic("DDATA", "pump")
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with node.running() as sub:
+
+            def count(topic: str) -> int:
+                return sum(t == topic for t, _ in sub.messages)
+
+            await until(lambda: count(ddata) >= 20)
+            mosquitto.stop()
+            await asyncio.sleep(1.0)
+            mosquitto.start()
+            await until(lambda: count(node.topic("NBIRTH")) == 2)
+            seen = count(ddata)
+            await until(lambda: count(ddata) >= seen + 100)
+        return list(sparkplug_messages(sub, schema))
+
+    messages = asyncio.run(scenario())
+    second = [t for t, _ in messages].index(node.topic("NBIRTH"), 1)
+    session = [(t, p) for t, p in messages[second:] if t != node.topic("NDEATH")]
+    assert [t.split("/")[2] for t, _ in session[:2]] == ["NBIRTH", "DBIRTH"]
+    assert [p.seq for _, p in session] == [i % 256 for i in range(len(session))]
+    flags = [all(m.is_historical for m in p.metrics) for t, p in session[2:] if t == ddata]
+    assert any(flags)
+    assert flags == sorted(flags, reverse=True)  # the stored ones first, then live data
+    alias = next(m.alias for m in session[1][1].metrics if m.name == "count")
+    counts = [m.int_value for t, p in messages if t == ddata for m in p.metrics if m.alias == alias]
+    assert counts == sorted(counts)  # nothing out of order, across the outage
+
+
+def test_module_outputs_are_node_metrics_born_before_their_first_ndata(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    module = f"""
+[supply]
+allow_unsigned_paths = true
+
+[[modules]]
+name = "stats"
+path = "{REPO}/modules/dist/window-stats.wasm"
+config = {{ every = 10, channels = ["temp"] }}
+"""
+    node = make_node(tmp_path, mosquitto, extra_sections=module)
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with node.running() as sub:
+            await until(lambda: sum(t == node.topic("NDATA") for t, _ in sub.messages) >= 3)
+        return list(sparkplug_messages(sub, schema))
+
+    messages = asyncio.run(scenario())
+    kinds = [t.split("/")[2] for t, _ in messages]
+    # The first output brought a new metric: births again (same bdSeq) before its NDATA.
+    assert kinds.count("NBIRTH") == 2
+    assert kinds.index("NDATA") > kinds.index("NBIRTH", 1)
+    births = [p for t, p in messages if t == node.topic("NBIRTH")]
+    assert [metric(p, "bdSeq").long_value for p in births] == [0, 0]
+    mean = metric(births[1], "stats/pump/channels/temp/mean")
+    assert mean.datatype == schema.types["Double"]
+    assert mean.double_value == pytest.approx(21.5)
+    known = {m.alias for m in births[1].metrics if m.name != "bdSeq"}
+    ndata = [p for t, p in messages if t == node.topic("NDATA")]
+    assert all(m.alias in known and not m.HasField("name") for p in ndata for m in p.metrics)
+    assert any(m.alias == mean.alias for m in ndata[-1].metrics)
+
+
+def test_datatypes_follow_the_register_map(tmp_path: Path) -> None:
+    (tmp_path / "fast.toml").write_text(MAP)
+    (tmp_path / "agent.toml").write_text(
+        '[[devices]]\nname = "pump"\ntransport = "tcp"\nhost = "127.0.0.1"\nmap = "fast.toml"\n'
+    )
+    config = load_config(tmp_path / "agent.toml")
+    device = config.devices[0]
+    registers = [r for g in device.register_map.groups for r in g.registers]  # type: ignore[union-attr]
+    names = {v: k for k, v in Schema(tmp_path).types.items()}
+    assert {r.name: names[datatype_of(r)] for r in registers} == EXPECTED_TYPES
+
+
+def test_the_committed_generated_module_is_what_the_script_makes(tmp_path: Path) -> None:
+    subprocess.run(
+        [REPO / "scripts" / "make-sparkplug-proto", "--out", str(tmp_path)],
+        check=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    for name in ("sparkplug_b_pb2.py", "sparkplug_b_pb2.pyi"):
+        committed = (REPO / "agent" / "sparkplug" / name).read_bytes()
+        assert (tmp_path / name).read_bytes() == committed, name
