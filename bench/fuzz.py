@@ -1,6 +1,6 @@
 """Fuzzing every parser of outside input: bad input must get a typed error, fast.
 
-    .venv/bin/python bench/fuzz.py TARGET --runs N     # one target (see --list)
+    .venv/bin/python bench/fuzz.py TARGET --runs N     # one target (--help lists them)
     .venv/bin/python bench/fuzz.py --all --runs N      # every target, one after another
     .venv/bin/python bench/fuzz.py --write-corpus      # rewrite fuzz/corpus/ from the repo
 
@@ -9,12 +9,16 @@ Targets (in `bench/fuzz_targets.py`): the command router in plain and signed mod
 layer, OCI manifests, indexes and references, cosign bundles, simple signatures and
 public keys, and Modbus reply decoding. An escape is any exception but the errors the
 parser documents (`AgentError` subclasses; `ValueError` for readings and the codec), or
-an input that takes more than a second. Each escape's input is kept in `--artifacts`.
+an input that takes more than a second. The first input of each kind of escape is kept
+in `--artifacts` (default: $TMPDIR/edge-agent-fuzz), with libFuzzer's log and the corpus
+it grew; the command exits 1 when anything escaped.
 
 The engine is libFuzzer through atheris (coverage-guided; x86_64: atheris ships no
-aarch64 wheels), each target in a child process, starting from `fuzz/corpus/<target>/`.
-`--engine builtin` is a seeded mutator without coverage feedback, needing nothing but
-the standard library; tests/test_fuzz.py runs a short slice of it in CI.
+aarch64 wheels), each target in a child process, starting from `fuzz/corpus/<target>/`,
+with a dictionary and a fifth of the mutations of our own (`mutate`): the values that
+break parsers (NaN, a 400-digit number, 3000 brackets) take coverage alone long to build.
+`--engine builtin` is that mutator alone, seeded and without coverage feedback, needing
+nothing but the standard library; tests/test_fuzz.py runs a short slice of it in CI.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import importlib.util
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -205,8 +210,10 @@ def run_atheris_child(name: str, runs: int, seed: int, artifacts: Path, result: 
             sys.stdout.flush()
             os._exit(0)
 
-    work = Path(tempfile.mkdtemp(prefix=f"edge-agent-fuzz-{name}-"))
-    dictionary = work.with_suffix(".dict")
+    work = artifacts / f"{name}.corpus"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    dictionary = artifacts / "tokens.dict"
     dictionary.write_text(libfuzzer_dict([*_TOKENS, b"0" * 60]))
     argv = [
         sys.argv[0],
@@ -224,8 +231,7 @@ def run_atheris_child(name: str, runs: int, seed: int, artifacts: Path, result: 
     pool = seeds(name) or [b""]
 
     def mutator(data: bytes, max_size: int, seed: int) -> bytes:
-        # Mostly libFuzzer's own mutations; a fifth ours, half of them of a valid seed,
-        # whose tokens (NaN, 400 digits, 3000 brackets) coverage alone builds slowly.
+        # A fifth of the mutations are ours, half of those of a valid seed.
         rng = random.Random(seed)
         if rng.random() < 0.8:
             mutated: bytes = atheris.Mutate(data, max_size)
@@ -259,8 +265,9 @@ def run_atheris(name: str, runs: int, seed: int, artifacts: Path) -> Tally:
     with log.open("wb") as out:
         subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
     if not result.exists():  # libFuzzer stopped it: a hang, a crash or memory
-        tail = log.read_text(errors="replace")[-2000:]
-        return Tally(name, 0, 1, time.perf_counter() - started, {f"died; see {log}": 1, tail: 1})
+        lines = log.read_text(errors="replace").strip().splitlines() or ["no output"]
+        why = f"the fuzzer died ({lines[-1][:120]}); see {log}"
+        return Tally(name, 0, 1, time.perf_counter() - started, {why: 1})
     return Tally(**json.loads(result.read_text()))
 
 

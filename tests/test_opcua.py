@@ -24,13 +24,15 @@ from asyncua.crypto.cert_gen import (
     generate_private_key,
     generate_self_signed_app_certificate,
 )
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agent.check._checks import check_opcua_device
 from agent.config import OpcuaDeviceConfig, load_config, load_node_map
-from agent.errors import ConfigError, OpcuaConnectionError, WriteRefused
+from agent.errors import ConfigError, OpcuaConnectionError, OpcuaStatusError, WriteRefused
 from agent.opcua import OpcuaPool
 from agent.reading import Reading
 from agent.runtime import Agent
@@ -104,9 +106,13 @@ class BoilerServer:
     """asyncua's server with a boiler's variables under ns=2; `stop` and `start` again
     keep the port, like a device that reboots."""
 
-    def __init__(self, port: int, certs: Certs | None = None) -> None:
+    def __init__(
+        self, port: int, certs: Certs | None = None, *, trusted: Path | None = None
+    ) -> None:
         self.endpoint = f"opc.tcp://127.0.0.1:{port}/boiler/"
         self.certs = certs
+        self.trusted = trusted
+        """A folder of the only client certificates the server accepts; any, unless set."""
         self.nodes: dict[str, Node] = {}
         self._server: Server | None = None
 
@@ -120,6 +126,13 @@ class BoilerServer:
             await server.load_certificate(str(self.certs.server_cert))
             await server.load_private_key(str(self.certs.server_key))
             server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        if self.trusted is not None:
+            store = TrustStore([self.trusted], [])
+            await store.load()
+            only = CertificateValidatorOptions.TRUSTED_VALIDATION
+            server.set_certificate_validator(
+                CertificateValidator(only | CertificateValidatorOptions.PEER_CLIENT, store)
+            )
         index = await server.register_namespace(NAMESPACE)
         assert index == 2
         boiler = await server.nodes.objects.add_object(ua.NodeId("Boiler", index), "Boiler")
@@ -146,9 +159,16 @@ class BoilerServer:
         await self.stop()
 
 
-def device_config(tmp_path: Path, endpoint: str, **extra: object) -> OpcuaDeviceConfig:
-    (tmp_path / "boiler.toml").write_text(NODE_MAP)
-    doc = {"name": "boiler", "transport": "opcua", "endpoint": endpoint, "map": "boiler.toml"}
+def device_config(
+    tmp_path: Path,
+    endpoint: str,
+    *,
+    name: str = "boiler",
+    node_map: str = NODE_MAP,
+    **extra: object,
+) -> OpcuaDeviceConfig:
+    (tmp_path / f"{name}.toml").write_text(node_map)
+    doc = {"name": name, "transport": "opcua", "endpoint": endpoint, "map": f"{name}.toml"}
     context = {"base_dir": tmp_path}
     return OpcuaDeviceConfig.model_validate({**doc, **extra}, context=context)
 
@@ -298,6 +318,118 @@ def test_writes_are_read_back_and_bad_ones_refused_before_sending(
                     with pytest.raises(WriteRefused, match=message):
                         await pool.write(device, point, value)
                 assert await server.nodes["Setpoint"].read_value() == 72.0
+
+    run(scenario)
+
+
+def test_a_server_that_does_not_trust_the_client_certificate_is_named_in_status_and_check(
+    tmp_path: Path, port: int
+) -> None:
+    certs = make_certs(tmp_path)
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    other = make_certs(trusted)  # the only client the server trusts: not ours
+    for path in (other.server_cert, other.server_key, other.client_key):
+        path.unlink()
+
+    async def scenario() -> None:
+        async with BoilerServer(port, certs, trusted=trusted):
+            secure = device_config(
+                tmp_path,
+                f"opc.tcp://127.0.0.1:{port}/boiler/",
+                security_policy="Basic256Sha256",
+                certificate=str(certs.client_cert),
+                private_key=str(certs.client_key),
+                server_certificate=str(certs.server_cert),
+                reconnect_max_s=0.2,
+            )
+            got = Collected()
+            async with OpcuaPool.create([secure], got) as pool:
+                await wait(lambda: pool.status()[0].state == "offline")
+                (status,) = pool.status()
+                assert status.last_error is not None
+                assert "BadCertificateUntrusted" in status.last_error
+                assert "the server does not accept this client's certificate" in status.last_error
+                assert got.readings == []
+            refused = await check_opcua_device(secure, 5)
+            assert refused.verdict == "error"
+            assert refused.message.startswith("device 'boiler': cannot connect to opc.tcp://")
+            assert "BadCertificateUntrusted" in refused.message
+            assert "does not accept this client's certificate" in refused.message
+            assert refused.fix is not None
+            assert "have the server trust devices.certificate" in refused.fix
+
+    run(scenario)
+
+
+def test_an_unknown_node_id_is_named_in_status_and_the_other_points_go_on(
+    tmp_path: Path, port: int
+) -> None:
+    """The server knows no such node: it refuses that monitored item at subscribe time.
+    The device stays online with the others and says which point and node failed; a
+    device none of whose nodes the server knows is offline, saying so."""
+    unknown = '[[points]]\nname = "flow"\nnode = "ns=2;s=Boiler.Flow"\ntype = "float64"\n'
+    ghost_map = '[[points]]\nname = "level"\nnode = "ns=2;i=99999"\ntype = "float64"\n'
+
+    async def scenario() -> None:
+        async with BoilerServer(port) as server:
+            node_map = f"{NODE_MAP}\n{unknown}writable = true\n"
+            boiler = device_config(tmp_path, server.endpoint, node_map=node_map)
+            ghost = device_config(
+                tmp_path, server.endpoint, name="ghost", node_map=ghost_map, reconnect_max_s=0.2
+            )
+            got = Collected()
+            async with OpcuaPool.create([boiler, ghost], got) as pool:
+                await wait(lambda: any(r.device == "boiler" for r in got.readings))
+                await server.set("Pressure", 2.5)
+                await wait(lambda: got.of("pressure") == [1.5, 2.5])
+                assert all("flow" not in r.values for r in got.readings)
+                status = {s.name: s for s in pool.status()}
+                assert status["boiler"].state == "online"
+                assert status["boiler"].last_error == (
+                    "cannot monitor flow (ns=2;s=Boiler.Flow): BadNodeIdUnknown "
+                    "(The node id refers to a node that does not exist in the server "
+                    "address space): the server has no such node"
+                )
+                assert status["boiler"].errors == 1
+                await wait(lambda: pool.status()[1].state == "offline")
+                last = pool.status()[1].last_error
+                assert last is not None
+                assert "cannot monitor level (ns=2;i=99999): BadNodeIdUnknown" in last
+                assert not any(r.device == "ghost" for r in got.readings)
+                with pytest.raises(
+                    WriteRefused, match=r"cannot monitor flow \(ns=2;s=Boiler\.Flow"
+                ):
+                    await pool.write("boiler", "flow", 1.0)
+
+    run(scenario)
+
+
+def test_a_type_mismatch_on_write_is_refused_by_the_server_and_named(
+    tmp_path: Path, port: int
+) -> None:
+    """The node map says float64 where the server's variable is a UInt16: the value
+    passes the map's checks, the server refuses it, nothing is written."""
+    mistyped = NODE_MAP.replace(
+        'node = "ns=2;s=Boiler.Count"\ntype = "uint16"',
+        'node = "ns=2;s=Boiler.Count"\ntype = "float64"',
+    )
+    assert mistyped != NODE_MAP
+
+    async def scenario() -> None:
+        async with BoilerServer(port) as server:
+            config = device_config(tmp_path, server.endpoint, node_map=mistyped)
+            got = Collected()
+            async with OpcuaPool.create([config], got) as pool:
+                await wait(lambda: len(got.readings) >= 1)
+                with pytest.raises(
+                    OpcuaStatusError, match="cannot write count as float64: BadTypeMismatch"
+                ) as caught:
+                    await pool.write("boiler", "count", 2.5)
+                assert caught.value.code == "BadTypeMismatch"
+                assert await server.nodes["Count"].read_value() == 0
+                assert pool.status()[0].state == "online"
+                assert await pool.write("boiler", "setpoint", 33.0) == 33.0  # the rest works
 
     run(scenario)
 

@@ -423,6 +423,85 @@ config = {{ every = 10, channels = ["temp"] }}
     assert any(m.alias == mean.alias for m in ndata[-1].metrics)
 
 
+def test_bad_commands_write_nothing_and_say_why(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    """Unknown metrics, a read-only point, values of another datatype and payloads that
+    are not protobuf: each command is refused whole and logged, the device's registers
+    stay as they were, and the agent goes on serving the commands that follow."""
+    node = make_node(tmp_path, mosquitto)
+    ncmd, dcmd = node.topic("NCMD"), node.topic("DCMD", "pump")
+    types = schema.types
+
+    def command(*metrics: dict[str, Any]) -> bytes:
+        return schema.encode(metrics=list(metrics))
+
+    async def scenario() -> tuple[dict[str, list[int]], dict[str, list[int]], int]:
+        async with node.running() as sub:
+
+            def seen(topic: str) -> list[Any]:  # the node's own: the commands do not decode
+                return [schema.decode(p) for t, p in sub.messages if t == topic]
+
+            await until(lambda: len(seen(node.topic("DBIRTH", "pump"))) == 1)
+            alias = {m.name: m.alias for m in seen(node.topic("DBIRTH", "pump"))[0].metrics}
+            before = {table: list(words) for table, words in node.image.tables.items()}
+            refused = [
+                (ncmd, command({"name": "Node Control/Reboot", "boolean_value": True})),
+                (ncmd, b"not a protobuf payload"),
+                (dcmd, command({"name": "bogus", "int_value": 1})),
+                (dcmd, command({"alias": 999, "int_value": 1})),
+                (dcmd, command({"name": "total", "int_value": 123456})),  # read-only
+                (dcmd, command({"alias": alias["speed"], "string_value": "fast"})),
+                (dcmd, command({"name": "running", "datatype": types["Int32"], "int_value": 1})),
+                (dcmd, command({"name": "speed", "int_value": 40000})),  # past Int16
+                # A good metric beside a bad one: the command is refused whole.
+                (
+                    dcmd,
+                    command(
+                        {"name": "speed", "int_value": 7}, {"name": "running", "double_value": 1.0}
+                    ),
+                ),
+                (dcmd, b"\xff\xfe not protobuf"),
+            ]
+            for topic, payload in refused:
+                await node.publish(topic, payload)
+            # A good command after them: it is written, so the ones before were handled.
+            await node.publish(dcmd, command({"name": "speed", "int_value": (-42) & 0xFFFFFFFF}))
+            await until(lambda: node.image.tables["holding"][0] == (-42) & 0xFFFF)
+            after = {table: list(words) for table, words in node.image.tables.items()}
+            births = len(seen(node.topic("NBIRTH")))
+            speeds = [
+                m.int_value
+                for p in seen(node.topic("DDATA", "pump"))
+                for m in p.metrics
+                if m.alias == alias["speed"]
+            ]
+        assert set(speeds) == {(-42) & 0xFFFFFFFF}  # the value read back; never the 7 refused
+        return before, after, births
+
+    before, after, births = asyncio.run(scenario())
+    for words in (before["holding"], after["holding"]):
+        words[0:2] = [0, 0]  # speed, written last; count, which the device counts up
+    assert after == before
+    assert births == 1  # no rebirth from a refused NCMD
+    log = (tmp_path / "agent.log").read_text()
+    dcmd_refused = "Sparkplug DCMD for pump refused, nothing written: "
+    for line in [
+        "Sparkplug NCMD refused: metric 'Node Control/Reboot' is not a node command "
+        "(only 'Node Control/Rebirth' is)",
+        "Sparkplug NCMD refused: not a Sparkplug B payload",
+        f"{dcmd_refused}unknown metric 'bogus'",
+        f"{dcmd_refused}unknown metric alias 999",
+        f"{dcmd_refused}'total' is read-only",
+        f"{dcmd_refused}'speed': carries string_value, not a value of datatype Int16",
+        f"{dcmd_refused}'running': declares datatype Int32, the metric is Boolean",
+        f"{dcmd_refused}'speed': 40000 is outside the range of Int16",
+        f"{dcmd_refused}'running': carries double_value, not a value of datatype Boolean",
+        f"{dcmd_refused}not a Sparkplug B payload",
+    ]:
+        assert line in log
+
+
 def test_datatypes_follow_the_register_map(tmp_path: Path) -> None:
     (tmp_path / "fast.toml").write_text(MAP)
     (tmp_path / "agent.toml").write_text(

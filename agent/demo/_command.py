@@ -22,6 +22,16 @@ def add_demo_command(commands: Any) -> None:
     demo.add_argument(
         "--plain", action="store_true", help="one line per message instead of the live view"
     )
+    demo.add_argument(
+        "--sparkplug",
+        action="store_true",
+        help="the agent also speaks Sparkplug B (group demo); the view shows its messages",
+    )
+    demo.add_argument(
+        "--opcua",
+        action="store_true",
+        help="serve the pump over OPC UA instead of Modbus TCP, on the same port",
+    )
     demo.set_defaults(handler=_demo)
 
 

@@ -1,8 +1,10 @@
 """The demo's live terminal view, built from what arrives at the broker.
 
 It knows the topic layout (`devices/<device>` for raw readings, the modules' own
-topics, anything with an `anomaly` flag or under `alerts/`) and nothing else: it sees
-what any MQTT subscriber of the node would see.
+topics, anything with an `anomaly` flag or under `alerts/`, and the Sparkplug B
+topics of the node's group, `spBv1.0/<group>/<type>/<node>[/<device>]`) and nothing
+else: it sees what any MQTT subscriber of the node would see. Sparkplug payloads are
+protobuf: the view shows their type, device and size, not their metrics.
 """
 
 from __future__ import annotations
@@ -42,8 +44,31 @@ class DemoView:
     alerts: deque[tuple[str, Any]] = field(default_factory=lambda: deque(maxlen=_RECENT_ALERTS))
     status: str = "connecting"
     total: int = 0
+    sparkplug_root: str | None = None
+    """`spBv1.0/<group>` when the node speaks Sparkplug B; None when it does not."""
+    sparkplug: dict[str, _Topic] = field(default_factory=dict)
+    """By `<type> <device or node>`: the count and the last payload's size in bytes."""
+
+    def plain(self, topic: str, payload: bytes) -> str:
+        """A message as `--plain` prints it after its topic: JSON as it is, Sparkplug's
+        protobuf as its size."""
+        if self._sparkplug_key(topic) is not None:
+            return f"[Sparkplug B, {len(payload)} bytes]"
+        return payload.decode("utf-8", "replace")
+
+    def _sparkplug_key(self, topic: str) -> str | None:
+        if self.sparkplug_root is None or not topic.startswith(self.sparkplug_root + "/"):
+            return None
+        kind, _, rest = topic[len(self.sparkplug_root) + 1 :].partition("/")
+        return f"{kind} {rest.replace('/', ' / ')}"
 
     def update(self, topic: str, payload: bytes) -> None:
+        if (key := self._sparkplug_key(topic)) is not None:
+            entry = self.sparkplug.setdefault(key, _Topic())
+            entry.count += 1
+            entry.last = len(payload)
+            entry.at = time.monotonic()
+            return
         if not topic.startswith(self.root + "/"):
             return
         relative = topic[len(self.root) + 1 :]
@@ -74,7 +99,10 @@ class DemoView:
             (f"agent {self.status}  ", "green" if self.status == "online" else "yellow"),
             f"{self.total} messages in {uptime:.0f} s   Ctrl-C stops",
         )
-        return Group(header, self._readings(), self._outputs(), self._alerts())
+        parts: list[RenderableType] = [header, self._readings(), self._outputs()]
+        if self.sparkplug_root is not None:
+            parts.append(self._sparkplug())
+        return Group(*parts, self._alerts())
 
     def _readings(self) -> Table:
         table = Table(title="Device readings (raw)", expand=True, title_justify="left")
@@ -96,6 +124,16 @@ class DemoView:
             if topic.startswith("alerts/"):
                 continue
             table.add_row(topic, str(entry.count), _summary(entry.last))
+        return table
+
+    def _sparkplug(self) -> Table:
+        title = f"Sparkplug B ({self.sparkplug_root}/#)"
+        table = Table(title=title, expand=True, title_justify="left")
+        table.add_column("message")
+        table.add_column("count", justify="right")
+        table.add_column("last size", justify="right")
+        for key, entry in sorted(self.sparkplug.items()):
+            table.add_row(key, str(entry.count), f"{entry.last} B")
         return table
 
     def _alerts(self) -> Panel:

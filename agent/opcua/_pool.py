@@ -44,6 +44,8 @@ class _Device:
         self.last_batch: float | None = None
         self.last_error: str | None = None
         self._last_good: dict[str, PointValue] = {}
+        self._refused: Mapping[str, str] = {}
+        """The points this session's server would not monitor, with why."""
         self._write_lock = asyncio.Lock()
 
     def status(self) -> DeviceStatus:
@@ -66,8 +68,7 @@ class _Device:
                 self._offline(err)
             else:
                 try:
-                    await session.subscribe()
-                    self._online(session)
+                    self._online(session, await session.subscribe())
                     failures = 0
                     while True:
                         await self._emit(await session.batch())
@@ -81,11 +82,19 @@ class _Device:
             await asyncio.sleep(min(self.config.reconnect_max_s, FIRST_PAUSE_S * 2**failures))
             failures += 1
 
-    def _online(self, session: Session) -> None:
+    def _online(self, session: Session, refused: Mapping[str, str]) -> None:
         if self.state == "offline":
             log.info("device %s is back online", self.name)
         self.session = session
         self.state = "online"
+        self._refused = refused
+        if refused:
+            # Online with the points that work; the status says which do not, and why.
+            problem = "; ".join(refused.values())
+            if problem != self.last_error:
+                log.error("device %s: %s", self.name, problem)
+            self.errors += len(refused)
+            self.last_error = problem
 
     def _offline(self, err: OpcuaError) -> None:
         if self.closed:
@@ -132,6 +141,8 @@ class _Device:
         if not point.writable:
             raise WriteRefused(self.name, f"point {name!r} is not writable")
         wanted = coerce(self.name, point, value)
+        if name in self._refused:
+            raise WriteRefused(self.name, self._refused[name])
         session = self.session
         if session is None:
             raise OpcuaConnectionError(f"device {self.name!r}", "no session: it is offline")
@@ -191,8 +202,9 @@ class OpcuaPool:
         """Write `value` to a writable point, then read it back; returns what was read.
 
         Raises `WriteRefused` (unknown device or point, not writable, wrong type, out of
-        range) before anything is sent, `ReadbackMismatch` when the server holds
-        something else afterwards, or an `OpcuaError` (offline, a bad status code).
+        range, a node the server would not monitor) before anything is sent,
+        `ReadbackMismatch` when the server holds something else afterwards, or an
+        `OpcuaError` (offline, a bad status code).
         """
         target = self._devices.get(device)
         if target is None:

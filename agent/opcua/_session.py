@@ -73,14 +73,27 @@ def _sample(point: str, data: ua.DataValue) -> Sample:
     return Sample(point, value, quality, status.name)
 
 
+def _described(status: ua.StatusCode) -> str:
+    """A bad status code's name and meaning, with what to do where the code says it."""
+    name, doc = get_name_and_doc(status.value)
+    hint = next((h for prefix, h in _HINTS if name.startswith(prefix)), "")
+    return f"{name} ({doc.rstrip('.')}){hint}"
+
+
+_HINTS = (
+    ("BadCertificate", ": the server does not accept this client's certificate"),
+    ("BadNodeIdUnknown", ": the server has no such node"),
+)
+
+
 @contextlib.contextmanager
 def _mapped(where: str, doing: str) -> Iterator[None]:
     """asyncua's and the socket's exceptions as the agent's, naming the device."""
     try:
         yield
     except UaStatusCodeError as err:
-        name, doc = get_name_and_doc(err.code)
-        raise OpcuaStatusError(where, name, f"{doing}: {name} ({doc.rstrip('.')})") from err
+        status = ua.StatusCode(err.code)
+        raise OpcuaStatusError(where, status.name, f"{doing}: {_described(status)}") from err
     except TimeoutError as err:
         raise OpcuaTimeout(where, f"{doing}: no answer in time") from err
     except OSError as err:  # ConnectionError included
@@ -134,8 +147,10 @@ class Session:
         reason = str(err) or type(err).__name__
         self._batches.put_nowait(OpcuaConnectionError(self.where, f"session lost: {reason}"))
 
-    async def subscribe(self) -> None:
-        """One subscription with a monitored item per point of the map."""
+    async def subscribe(self) -> dict[str, str]:
+        """One subscription with a monitored item per point of the map; returns the
+        points the server refused to monitor (an unknown node id, a filter it does not
+        support), each with why. `OpcuaStatusError` when it refuses every one."""
         points = self.config.node_map.points
         with _mapped(self.where, "cannot subscribe"):
             interval_ms = self.config.node_map.publishing_interval_s * 1000
@@ -144,16 +159,17 @@ class Session:
             results = await sub.create_monitored_items(
                 [self._request(i, p) for i, p in enumerate(points, start=1)]
             )
-        for point, result in zip(points, results, strict=True):
-            if isinstance(result, ua.StatusCode):
-                # One bad node id must not cost the others their readings.
-                log.error(
-                    "%s: cannot monitor %s (%s): %s",
-                    self.where,
-                    point.name,
-                    point.node,
-                    result.name,
-                )
+        # One bad node id must not cost the others their readings: only when none is
+        # left is the subscription a failure (the session is retried, like a lost one).
+        refused = {
+            point.name: f"cannot monitor {point.name} ({point.node}): {_described(result)}"
+            for point, result in zip(points, results, strict=True)
+            if isinstance(result, ua.StatusCode)
+        }
+        if len(refused) == len(points):
+            code = next(r for r in results if isinstance(r, ua.StatusCode))
+            raise OpcuaStatusError(self.where, code.name, "; ".join(refused.values()))
+        return refused
 
     def _request(self, handle: int, point: NodeSpec) -> ua.MonitoredItemCreateRequest:
         params = ua.MonitoringParameters()
@@ -213,7 +229,7 @@ class Session:
 
     async def write(self, point: NodeSpec, value: bool | int | float | str) -> None:
         variant = ua.Variant(value, VARIANT_TYPES[point.type])
-        with _mapped(self.where, f"cannot write {point.name}"):
+        with _mapped(self.where, f"cannot write {point.name} as {point.type}"):
             await self._nodes[point.name].write_value(ua.DataValue(variant))
 
     async def server_state(self) -> str:

@@ -69,6 +69,11 @@ class PumpModel:
             self._step(dt)
             seconds -= dt
 
+    @property
+    def visible_fault(self) -> FaultKind | None:
+        """The fault the pump's status shows: one past a fifth of its severity."""
+        return self.fault.kind if self.fault and self.fault.severity > 0.2 else None
+
     def _severity(self, kind: FaultKind) -> float:
         return self.fault.severity if self.fault and self.fault.kind == kind else 0.0
 
@@ -111,7 +116,7 @@ class PumpDevice:
 
     def _publish(self) -> None:
         m, img = self.model, self.image
-        fault = m.fault.kind if m.fault and m.fault.severity > 0.2 else None
+        fault = m.visible_fault
         img.set("input", 0, encode("float32", "ABCD", m.temperature))
         img.set("input", 2, encode("float32", "CDAB", m.vibration))
         img.set("input", 4, encode("int16", "ABCD", round(m.pressure * 100)))

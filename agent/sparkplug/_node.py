@@ -31,12 +31,12 @@ from agent.sparkplug._payload import (
     MetricDef,
     Scalar,
     device_birth,
+    device_command,
     device_data,
     device_death,
     device_metrics,
     node_data,
     parse,
-    value_of,
 )
 from agent.sparkplug._session import BdSeq, Session
 from agent.status import DeviceStatus
@@ -210,26 +210,23 @@ class SparkplugNode:
         return f"{self._session.topic.format(kind)}/{device}"
 
     async def _command(self, name: str, data: bytes) -> None:
-        """A DCMD: each metric written to its register, read back, and sent as DDATA."""
+        """A DCMD: every metric checked first (known, writable, of its datatype), so that
+        a bad one writes nothing; then each written to its register, read back, and
+        sent as DDATA."""
         metrics = self._metrics.get(name)
         device = self._devices.get(name)
         if metrics is None or device is None or self._pool is None:
-            log.warning("Sparkplug DCMD for unknown device %r ignored", name)
+            log.warning("Sparkplug DCMD refused: no device %r", name)
             return
         try:
-            payload = parse(data)
+            writes = device_command(metrics, parse(data))
         except ValueError as err:
-            log.warning("Sparkplug DCMD for %s ignored: %s", name, err)
+            log.warning("Sparkplug DCMD for %s refused, nothing written: %s", name, err)
             return
-        for metric in payload.metrics:
-            definition = metrics.resolve(metric)
-            if definition is None:
-                log.warning("Sparkplug DCMD for %s: no such metric %r", name, metric.name)
-                continue
+        for definition, value in writes:
             try:
-                value = value_of(metric, definition.datatype)
                 back = await self._pool.write(name, definition.name, value)
-            except (ValueError, AgentError) as err:
+            except AgentError as err:
                 log.warning("Sparkplug DCMD %s/%s failed: %s", name, definition.name, err)
                 continue
             device.values[definition.name] = back

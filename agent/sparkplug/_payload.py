@@ -39,6 +39,12 @@ _DATATYPES: dict[str, int] = {
 _INT32 = frozenset({pb.Int8, pb.Int16, pb.Int32, pb.UInt8, pb.UInt16, pb.UInt32})
 _INT64 = frozenset({pb.Int64, pb.UInt64})
 _SIGNED = frozenset({pb.Int8, pb.Int16, pb.Int32, pb.Int64})
+_BITS: dict[int, int] = {
+    **dict.fromkeys((pb.Int8, pb.UInt8), 8),
+    **dict.fromkeys((pb.Int16, pb.UInt16), 16),
+    **dict.fromkeys((pb.Int32, pb.UInt32), 32),
+    **dict.fromkeys((pb.Int64, pb.UInt64), 64),
+}
 
 
 def datatype_of(reg: RegisterSpec) -> int:
@@ -54,6 +60,8 @@ class MetricDef:
     name: str
     alias: int
     datatype: int
+    writable: bool = False
+    """Whether a command may set it: a writable register; never a node metric."""
 
 
 class DeviceMetrics:
@@ -86,7 +94,7 @@ def device_metrics(devices: Iterable[DeviceConfig]) -> dict[str, DeviceMetrics]:
         metrics = []
         for group in device.register_map.groups:
             for reg in group.registers:
-                metrics.append(MetricDef(reg.name, alias, datatype_of(reg)))
+                metrics.append(MetricDef(reg.name, alias, datatype_of(reg), reg.writable))
                 alias += 1
         table[device.name] = DeviceMetrics(device.name, metrics)
     return table
@@ -114,16 +122,19 @@ def _set_value(metric: pb.Payload.Metric, datatype: int, value: Scalar | None) -
 
 
 def value_of(metric: pb.Payload.Metric, datatype: int) -> Scalar:
-    """A metric's value as the datatype says; raises ValueError when it has none that fits."""
+    """A metric's value as the datatype says; raises ValueError when it has none that fits
+    (another datatype declared or carried, an integer outside the datatype's range)."""
+    expected = _datatype_name(datatype)
     if metric.HasField("datatype") and metric.datatype != datatype:
-        raise ValueError(f"metric has datatype {metric.datatype}, expected {datatype}")
+        declared = _datatype_name(metric.datatype)
+        raise ValueError(f"declares datatype {declared}, the metric is {expected}")
     kind = metric.WhichOneof("value")
     if datatype == pb.Boolean and kind == "boolean_value":
         return metric.boolean_value
     if datatype in _INT32 and kind == "int_value":
-        bits, raw = 32, metric.int_value
+        raw = metric.int_value
     elif datatype in _INT64 and kind == "long_value":
-        bits, raw = 64, metric.long_value
+        raw = metric.long_value
     elif datatype == pb.Float and kind == "float_value":
         return metric.float_value
     elif datatype == pb.Double and kind == "double_value":
@@ -131,10 +142,78 @@ def value_of(metric: pb.Payload.Metric, datatype: int) -> Scalar:
     elif datatype == pb.String and kind == "string_value":
         return metric.string_value
     else:
-        raise ValueError(f"metric carries {kind or 'no value'}, not a value of datatype {datatype}")
-    if datatype in _SIGNED and raw >= 1 << (bits - 1):
-        return raw - (1 << bits)
+        raise ValueError(f"carries {kind or 'no value'}, not a value of datatype {expected}")
+    # Signed values travel as two's complement of the field's width (32 or 64 bits).
+    field_bits = 64 if datatype in _INT64 else 32
+    if datatype in _SIGNED and raw >= 1 << (field_bits - 1):
+        raw -= 1 << field_bits
+    bits = _BITS[datatype]
+    low, high = (
+        (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if datatype in _SIGNED else (0, (1 << bits) - 1)
+    )
+    if not low <= raw <= high:
+        raise ValueError(f"{raw} is outside the range of {expected}")
     return raw
+
+
+def _datatype_name(datatype: int) -> str:
+    try:
+        return pb.DataType.Name(datatype)
+    except ValueError:
+        return str(datatype)
+
+
+def _named(metric: pb.Payload.Metric) -> str:
+    """A command's metric as an error names it: by name, or else by alias."""
+    if metric.HasField("name"):
+        return repr(metric.name)
+    if metric.HasField("alias"):
+        return f"alias {metric.alias}"
+    return "(no name, no alias)"
+
+
+def device_command(device: DeviceMetrics, payload: pb.Payload) -> list[tuple[MetricDef, Scalar]]:
+    """The writes a DCMD asks for, each metric resolved and its value typed; raises
+    ValueError naming every metric that is unknown, read-only or of another datatype,
+    so that a command with one bad metric writes none."""
+    writes: list[tuple[MetricDef, Scalar]] = []
+    problems = [] if payload.metrics else ["it carries no metrics"]
+    for metric in payload.metrics:
+        definition = device.resolve(metric)
+        if definition is None:
+            problems.append(f"unknown metric {_named(metric)}")
+        elif not definition.writable:
+            problems.append(f"{definition.name!r} is read-only")
+        else:
+            try:
+                writes.append((definition, value_of(metric, definition.datatype)))
+            except ValueError as err:
+                problems.append(f"{definition.name!r}: {err}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return writes
+
+
+def node_command(payload: pb.Payload) -> bool:
+    """Whether an NCMD asks for a rebirth; raises ValueError naming every metric that is
+    not `Node Control/Rebirth` with a Boolean value (the only node command)."""
+    rebirth = False
+    problems = [] if payload.metrics else ["it carries no metrics"]
+    for metric in payload.metrics:
+        if metric.HasField("name"):
+            is_rebirth = metric.name == REBIRTH
+        else:
+            is_rebirth = metric.HasField("alias") and metric.alias == REBIRTH_ALIAS
+        if not is_rebirth:
+            problems.append(f"metric {_named(metric)} is not a node command (only {REBIRTH!r} is)")
+            continue
+        try:
+            rebirth = rebirth or bool(value_of(metric, pb.Boolean))
+        except ValueError as err:
+            problems.append(f"{REBIRTH!r}: {err}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return rebirth
 
 
 def _metric(
@@ -231,16 +310,3 @@ def sequenced(data: bytes, seq: int, *, historical: bool) -> bytes:
         for metric in payload.metrics:
             metric.is_historical = True
     return bytes(payload.SerializeToString())
-
-
-def wants_rebirth(payload: pb.Payload) -> bool:
-    for metric in payload.metrics:
-        named = metric.HasField("name") and metric.name == REBIRTH
-        aliased = (
-            not metric.HasField("name")
-            and metric.HasField("alias")
-            and metric.alias == REBIRTH_ALIAS
-        )
-        if (named or aliased) and metric.WhichOneof("value") == "boolean_value":
-            return bool(metric.boolean_value)
-    return False

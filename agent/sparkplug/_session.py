@@ -45,10 +45,10 @@ from agent.sparkplug._payload import (
     Scalar,
     aliases,
     node_birth,
+    node_command,
     node_death,
     parse,
     sequenced,
-    wants_rebirth,
 )
 
 log = logging.getLogger(__name__)
@@ -296,11 +296,13 @@ class Session:
                 self._host_state(data)
             elif topic == self.topic.format("NCMD"):
                 try:
-                    if wants_rebirth(parse(data)):
-                        log.info("Sparkplug rebirth asked for")
-                        self._rebirth.set()
+                    rebirth = node_command(parse(data))
                 except ValueError as err:
-                    log.warning("Sparkplug NCMD ignored: %s", err)
+                    log.warning("Sparkplug NCMD refused: %s", err)
+                    continue
+                if rebirth:
+                    log.info("Sparkplug rebirth asked for")
+                    self._rebirth.set()
             else:
                 device = topic.rsplit("/", 1)[1]
                 task = asyncio.create_task(self._on_command(device, data))
