@@ -113,6 +113,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _refused(sparkplug: Any) -> int:
+    """A function, as a lambda would put its table row past the line length."""
+    return int(sparkplug.commands_refused)
+
+
 # (metric suffix, type, help, value from the part's status) per part of the snapshot.
 _MQTT = [
     ("mqtt_connected", "gauge", "1 when connected to the broker.", lambda m: m.connected),
@@ -130,6 +135,12 @@ _JOURNAL = [
     ("journal_readings", "gauge", "Readings not yet taken by every module.", lambda j: j.depth),
     ("journal_bytes", "gauge", "Bytes of those readings.", lambda j: j.bytes),
     ("journal_dropped_total", "counter", "Readings dropped by the bounds.", lambda j: j.dropped),
+]
+_SPARKPLUG = [
+    ("sparkplug_connected", "gauge", "1 when the Sparkplug session is up.", lambda s: s.connected),
+    ("sparkplug_bd_seq", "gauge", "bdSeq of the last births.", lambda s: s.bd_seq),
+    ("sparkplug_births_total", "counter", "Node births sent.", lambda s: s.births),
+    ("sparkplug_commands_refused_total", "counter", "NCMDs and DCMDs refused.", _refused),
 ]
 _DEVICES = [
     ("device_up", "gauge", "1 when the device answers.", lambda d: d.state == "online"),
@@ -194,6 +205,7 @@ def _families(s: StatusSnapshot) -> list[_Family]:
         healthy,
         *_table(_MQTT, mqtt),
         *_table(_JOURNAL, [] if s.journal is None else [({}, s.journal)]),
+        *_table(_SPARKPLUG, [] if s.sparkplug is None else [({}, s.sparkplug)]),
         *_table(_DEVICES, [({"device": d.name}, d) for d in s.devices]),
         *_table(_MODULES, [({"module": m.name}, m) for m in s.modules]),
         latency,

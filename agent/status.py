@@ -70,6 +70,18 @@ class MqttStatus(_Status):
     last_error: str | None = None
 
 
+class SparkplugStatus(_Status):
+    connected: bool
+    """Whether the Sparkplug session's own broker connection is up."""
+    bd_seq: int = Field(0, ge=0)
+    """The bdSeq of the current (or last) session's births."""
+    births: int = Field(0, ge=0)
+    """Node births (NBIRTH and the DBIRTHs) sent since the agent started."""
+    commands_refused: int = Field(0, ge=0)
+    """NCMDs and DCMDs refused whole since the agent started."""
+    last_error: str | None = None
+
+
 class DeviceStatus(_Status):
     name: str
     state: DeviceState
@@ -118,6 +130,8 @@ class StatusSnapshot(_Status):
     mqtt: MqttStatus | None = None
     """None when the agent has no broker configured."""
     journal: JournalStatus | None = None
+    sparkplug: SparkplugStatus | None = None
+    """None when Sparkplug B is not enabled."""
     devices: tuple[DeviceStatus, ...] = ()
     modules: tuple[ModuleStatus, ...] = ()
     models: tuple[ModelStatus, ...] = ()

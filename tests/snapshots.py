@@ -24,6 +24,7 @@ from agent.status import (
     ModelStatus,
     ModuleStatus,
     MqttStatus,
+    SparkplugStatus,
     StatusSnapshot,
 )
 from agent.wasm import ReactorModule, create_engine
@@ -98,6 +99,13 @@ def make_snapshot(
             last_error=None if mqtt_connected else "connection refused",
         ),
         journal=JournalStatus(depth=7, bytes=2100, dropped=0 if mqtt_connected else 3),
+        sparkplug=SparkplugStatus(
+            connected=mqtt_connected,
+            bd_seq=4,
+            births=2,
+            commands_refused=1,
+            last_error=None if mqtt_connected else "connection refused",
+        ),
         devices=(
             DeviceStatus(
                 name="pump-1",

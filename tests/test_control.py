@@ -203,5 +203,7 @@ def test_rendering_shows_every_section() -> None:
         "anomaly",
         "24.0 KiB",
         "module 'faulty' failed",
+        "Sparkplug B",
+        "2 (bdSeq 4)",
     ):
         assert expected in text, expected

@@ -53,6 +53,8 @@ def test_scrape_returns_the_snapshot_figures() -> None:
     assert got['edge_agent_mqtt_connected{broker="127.0.0.1:1883"}'] == 1
     assert got['edge_agent_module_invocations_total{module="scale"}'] == 10
     assert (got["edge_agent_journal_readings"], got["edge_agent_journal_dropped_total"]) == (7, 0)
+    assert (got["edge_agent_sparkplug_connected"], got["edge_agent_sparkplug_bd_seq"]) == (1, 4)
+    assert got["edge_agent_sparkplug_commands_refused_total"] == 1
     p50 = got['edge_agent_module_latency_seconds{module="scale",quantile="0.5"}']
     assert p50 == pytest.approx(snapshot.modules[0].p50_ms / 1000)  # type: ignore[operator]
     assert got['edge_agent_module_memory_bytes{module="scale"}'] == 17 * 65536

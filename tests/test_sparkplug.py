@@ -24,8 +24,11 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from agent.config import load_config
+from agent.control import fetch_status
+from agent.journal import Journal
+from agent.reading import Reading, Value
 from agent.sim import DeviceImage, SimServer
-from agent.sparkplug import datatype_of
+from agent.sparkplug import CONSUMER, datatype_of
 from tests.brokers import Mosquitto, Subscriber, free_port, until
 from tests.conftest import REPO
 
@@ -388,6 +391,53 @@ def test_data_stored_while_the_broker_is_down_follows_the_next_births(
     assert counts == sorted(counts)  # nothing out of order, across the outage
 
 
+def test_readings_journaled_but_not_yet_taken_go_out_as_historical_ddata(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    """Readings in the journal that Sparkplug had not taken (a SIGKILL between the
+    pipeline and the node) become DDATA at the next start: after the NBIRTH and DBIRTH,
+    flagged historical, with their own timestamps, in journal order."""
+    node = make_node(tmp_path, mosquitto)
+    config = load_config(node.config)
+    config.node.state_dir.mkdir(parents=True)
+    missed_ts = [1_700_000_000.0 + i for i in range(3)]
+
+    async def journal_missed() -> None:
+        with Journal.open(config.journal_path) as journal:
+            journal.attach(CONSUMER)  # its cursor from a run before: the journal keeps them
+            for seq, ts in enumerate(missed_ts):
+                values = {"speed": Value(1000 + seq), "label": Value("zz"), "temp": Value(9.5)}
+                values["flow"] = Value(1.0, quality="bad")
+                await journal.append(Reading("pump", ts, seq, values))
+
+    asyncio.run(journal_missed())
+    ddata = node.topic("DDATA", "pump")
+
+    async def scenario() -> list[tuple[str, Any]]:
+        async with node.running() as sub:
+            await until(lambda: sum(t == ddata for t, _ in sub.messages) >= 5)
+        return list(sparkplug_messages(sub, schema))
+
+    messages = asyncio.run(scenario())
+    kinds = [t.split("/")[2] for t, _ in messages]
+    assert kinds[:2] == ["NBIRTH", "DBIRTH"]
+    alias = {m.name: m.alias for m in messages[1][1].metrics}
+    missed = [p for t, p in messages[2:5] if t == ddata]
+    assert [p.timestamp for p in missed] == [int(ts * 1000) for ts in missed_ts]
+    assert all(m.is_historical for p in missed for m in p.metrics)
+    first = {m.alias: m for m in missed[0].metrics}
+    # The values are not known after a restart: the first one carries every good value.
+    assert set(first) == {alias["speed"], alias["label"], alias["temp"]}
+    assert first[alias["label"]].string_value == "zz"
+    assert first[alias["temp"]].double_value == pytest.approx(9.5)
+    speeds = [m.int_value for p in missed for m in p.metrics if m.alias == alias["speed"]]
+    assert speeds == [1000, 1001, 1002]
+    assert [m.alias for p in missed[1:] for m in p.metrics] == [alias["speed"]] * 2
+    live = [p for t, p in messages[5:] if t == ddata]
+    assert live
+    assert not any(m.is_historical for p in live for m in p.metrics)
+
+
 def test_module_outputs_are_node_metrics_born_before_their_first_ndata(
     tmp_path: Path, mosquitto: Mosquitto, schema: Schema
 ) -> None:
@@ -436,7 +486,7 @@ def test_bad_commands_write_nothing_and_say_why(
     def command(*metrics: dict[str, Any]) -> bytes:
         return schema.encode(metrics=list(metrics))
 
-    async def scenario() -> tuple[dict[str, list[int]], dict[str, list[int]], int]:
+    async def scenario() -> tuple[dict[str, list[int]], dict[str, list[int]], int, int]:
         async with node.running() as sub:
 
             def seen(topic: str) -> list[Any]:  # the node's own: the commands do not decode
@@ -470,16 +520,21 @@ def test_bad_commands_write_nothing_and_say_why(
             await until(lambda: node.image.tables["holding"][0] == (-42) & 0xFFFF)
             after = {table: list(words) for table, words in node.image.tables.items()}
             births = len(seen(node.topic("NBIRTH")))
-            speeds = [
-                m.int_value
-                for p in seen(node.topic("DDATA", "pump"))
-                for m in p.metrics
-                if m.alias == alias["speed"]
-            ]
-        assert set(speeds) == {(-42) & 0xFFFFFFFF}  # the value read back; never the 7 refused
-        return before, after, births
 
-    before, after, births = asyncio.run(scenario())
+            def speeds() -> set[int]:
+                ddata = seen(node.topic("DDATA", "pump"))
+                return {m.int_value for p in ddata for m in p.metrics if m.alias == alias["speed"]}
+
+            await until(lambda: bool(speeds()))  # the value read back follows the write
+            socket = load_config(node.config).control.socket
+            status = (await asyncio.to_thread(fetch_status, socket)).sparkplug
+        assert speeds() == {(-42) & 0xFFFFFFFF}  # the value read back; never the 7 refused
+        assert status is not None
+        assert (status.connected, status.births) == (True, 1)
+        return before, after, births, status.commands_refused
+
+    before, after, births, refused = asyncio.run(scenario())
+    assert refused == 10
     for words in (before["holding"], after["holding"]):
         words[0:2] = [0, 0]  # speed, written last; count, which the device counts up
     assert after == before

@@ -14,7 +14,10 @@ from .snapshots import make_snapshot
 def test_a_healthy_snapshot_round_trips_through_json() -> None:
     snapshot = make_snapshot()
     doc = json.loads(snapshot.model_dump_json())
-    assert set(doc) == {"agent", "mqtt", "journal", "devices", "modules", "models", "health"}
+    assert set(doc) == {
+        *("agent", "mqtt", "journal", "sparkplug", "devices", "modules", "models", "health")
+    }
+    assert doc["sparkplug"]["bd_seq"] == 4
     assert doc["agent"]["engine"]["name"] == "wasmtime"
     assert doc["agent"]["engine"]["version"]
     assert doc["health"] == {"healthy": True, "reasons": []}

@@ -23,6 +23,8 @@ def render_status(snapshot: StatusSnapshot, console: Console, *, now: float | No
     now = time.time() if now is None else now
     console.print(_agent(snapshot))
     console.print(_mqtt(snapshot))
+    if snapshot.sparkplug is not None:
+        console.print(_sparkplug(snapshot))
     console.print(_devices(snapshot, now))
     console.print(_modules(snapshot))
     console.print(_models(snapshot))
@@ -65,6 +67,18 @@ def _mqtt(snapshot: StatusSnapshot) -> Panel:
     if m.last_error:
         grid.add_row("last error", m.last_error)
     return Panel(grid, title="MQTT", title_align="left")
+
+
+def _sparkplug(snapshot: StatusSnapshot) -> Panel:
+    s = snapshot.sparkplug
+    assert s is not None
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row("state", _state("connected" if s.connected else "disconnected"))
+    grid.add_row("births", f"{s.births} (bdSeq {s.bd_seq})")
+    grid.add_row("commands refused", str(s.commands_refused))
+    if s.last_error:
+        grid.add_row("last error", s.last_error)
+    return Panel(grid, title="Sparkplug B", title_align="left")
 
 
 def _devices(snapshot: StatusSnapshot, now: float) -> Table | Text:

@@ -88,7 +88,7 @@ class Agent:
             outbox = await self._open_outbox(stack)
             journal = self._open_journal(stack)
             link = await self._connect(stack, outbox)
-            await self._start_sparkplug(stack)
+            await self._start_sparkplug(stack, journal)
             await self._start_modules(stack, outbox, journal)
             devices = await self._start_devices(stack, journal)
             await self._serve_status(stack)
@@ -148,14 +148,19 @@ class Agent:
         )
         return link
 
-    async def _start_sparkplug(self, stack: contextlib.AsyncExitStack) -> None:
-        """Sparkplug B beside the JSON link: its own session, its own outbox."""
-        if self.config.sparkplug.enabled:
-            # Imported here: protobuf and the schema stay out of nodes that do not use it.
-            from agent.sparkplug import SparkplugNode  # noqa: PLC0415
+    async def _start_sparkplug(self, stack: contextlib.AsyncExitStack, journal: Journal) -> None:
+        """Sparkplug B beside the JSON link: its own session, its own outbox, its own
+        cursor in the journal."""
+        if not self.config.sparkplug.enabled:
+            # Its cursor (`agent.sparkplug.CONSUMER`, not imported for that) is dropped, so
+            # that enabling it again later starts at the head, not with an old backlog.
+            journal.detach("<sparkplug>", forget=True)
+            return
+        # Imported here: protobuf and the schema stay out of nodes that do not use it.
+        from agent.sparkplug import SparkplugNode  # noqa: PLC0415
 
-            node = SparkplugNode(self.config)
-            self._sparkplug = await stack.enter_async_context(node)
+        node = SparkplugNode(self.config, journal)
+        self._sparkplug = await stack.enter_async_context(node)
 
     async def _start_modules(
         self, stack: contextlib.AsyncExitStack, outbox: Outbox, journal: Journal
@@ -255,6 +260,7 @@ class Agent:
             ),
             mqtt=self._link.status() if self._link is not None else None,
             journal=self._journal.status() if self._journal is not None else None,
+            sparkplug=self._sparkplug.status() if self._sparkplug is not None else None,
             devices=self._devices.status() if self._devices is not None else (),
             modules=tuple(versions.status()) if versions is not None else (),
             models=versions.models() if versions is not None else (),

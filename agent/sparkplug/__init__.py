@@ -5,7 +5,7 @@ devices, on an MQTT session of its own beside the JSON link.
 stub are generated from it by `scripts/make-sparkplug-proto` and committed.
 """
 
-from agent.sparkplug._node import Devices, OnReading, SparkplugNode
+from agent.sparkplug._node import CONSUMER, Devices, OnReading, SparkplugNode
 from agent.sparkplug._payload import datatype_of
 
-__all__ = ["Devices", "OnReading", "SparkplugNode", "datatype_of"]
+__all__ = ["CONSUMER", "Devices", "OnReading", "SparkplugNode", "datatype_of"]

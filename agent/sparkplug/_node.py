@@ -8,8 +8,14 @@ write with read-back whose value goes out as DDATA; module outputs, tapped from 
 pipeline's sink, become NDATA (`_outputs`). It stores those messages in order
 in a durable outbox of its own (`<state_dir>/sparkplug/outbox.sqlite`) and leaves the
 connection, the births and the seq to `_session`. It must not change what the JSON
-outbox gets (the tap passes every message on first) nor touch the journal: a reading
-reaches it after the pipeline has journaled it.
+outbox gets (the tap passes every message on first).
+
+Readings come from the reading journal, as a consumer of it (`CONSUMER`): one tailer
+task takes them in journal order once the pipeline has journaled them, and moves the
+node's cursor past a reading once what it means is in the Sparkplug outbox. After a
+crash the node first turns what it missed into DDATA (no births or deaths from the
+past); stored before the session's first births, that DDATA goes out after them,
+flagged historical.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from typing import Protocol
 
 from agent.config import AgentConfig, DeviceConfig
 from agent.errors import AgentError
+from agent.journal import Journal
 from agent.outbox import Outbox, OutboxLimits, Outgoing
 from agent.reading import Reading
 from agent.sparkplug._outputs import Catalog, outputs, typed
 from agent.sparkplug._payload import (
     REBIRTH_ALIAS,
+    DeviceMetrics,
     MetricDef,
     Scalar,
     device_birth,
@@ -39,9 +47,13 @@ from agent.sparkplug._payload import (
     parse,
 )
 from agent.sparkplug._session import BdSeq, Session
-from agent.status import DeviceStatus
+from agent.status import DeviceStatus, SparkplugStatus
 
 log = logging.getLogger(__name__)
+
+CONSUMER = "<sparkplug>"
+"""The node's cursor in the reading journal; no module name has angle brackets."""
+_REPLAY_BATCH = 256
 
 OnReading = Callable[[Reading], Awaitable[None]]
 
@@ -70,12 +82,14 @@ class _Device:
 
 class SparkplugNode:
     """The edge node `edge_node_id` (the node id unless set) of `group_id`; `async with`
-    opens its outbox and keeps its session up. Feed it readings with `on_reading`."""
+    opens its outbox, takes what it missed from `journal` and keeps its session up; it
+    takes new readings from the journal when `after`'s handler has journaled them."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, journal: Journal) -> None:
         sparkplug = config.sparkplug
         self.edge_node_id = sparkplug.edge_node_id or config.node.id
         self._config = config
+        self._journal = journal
         self._metrics = device_metrics(d for d in config.devices if isinstance(d, DeviceConfig))
         self._devices = {name: _Device() for name in self._metrics}
         self._pool: Devices | None = None
@@ -90,6 +104,12 @@ class SparkplugNode:
             self._dir / "metrics.json", max(device_aliases, default=REBIRTH_ALIAS) + 1
         )
         self._root = f"{config.mqtt.topic_prefix}/{config.node.id}/"
+        self._cursor = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._tailer: asyncio.Task[None] | None = None
+        self._refused = 0
+        self._last_error: str | None = None
 
     async def __aenter__(self) -> SparkplugNode:
         config = self._config
@@ -109,18 +129,39 @@ class SparkplugNode:
             on_command=self._command,
             settled=self._settled,
         )
+        self._session = session  # its topics; it connects once the replay is stored
         try:
-            self._session = await session.__aenter__()
+            self._cursor = self._journal.attach(CONSUMER)
+            await self._replay()
+            await session.__aenter__()
         except BaseException:
+            self._journal.detach(CONSUMER)
             self._outbox.close()
             raise
+        self._tailer = asyncio.create_task(self._tail(), name="sparkplug journal")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._tailer is not None:
+            # The devices have stopped: take what is left, then stop.
+            self._closing = True
+            self._wake.set()
+            await asyncio.gather(self._tailer, return_exceptions=True)
+        self._journal.detach(CONSUMER)
         if self._session is not None:
             await self._session.__aexit__(*exc)
         if self._outbox is not None:
             self._outbox.close()
+
+    def status(self) -> SparkplugStatus:
+        session = self._session
+        return SparkplugStatus(
+            connected=session is not None and session.connected,
+            bd_seq=0 if session is None else session.bd_seq,
+            births=0 if session is None else session.births,
+            commands_refused=self._refused + (0 if session is None else session.refused),
+            last_error=self._last_error or (None if session is None else session.last_error),
+        )
 
     def attach(self, devices: Devices) -> None:
         """The pool whose states decide births and deaths, and which DCMDs write to."""
@@ -128,13 +169,13 @@ class SparkplugNode:
 
     def after(self, first: OnReading) -> OnReading:
         """A reading handler that runs `first` (the pipeline, which journals the reading),
-        then this node's."""
+        then has this node take it, and whatever else is new, from the journal."""
 
         async def both(reading: Reading) -> None:
             try:
                 await first(reading)
             finally:
-                await self.on_reading(reading)
+                self._wake.set()
 
         return both
 
@@ -160,24 +201,33 @@ class SparkplugNode:
             await self._outbox.put_many([message])
 
     async def on_reading(self, reading: Reading) -> None:
-        """Store what the reading means for its device: DBIRTH, DDATA or DDEATH."""
+        """Store what the reading means for its device: DBIRTH, DDATA or DDEATH.
+
+        The device's state changes before the message is stored, in one step with the
+        call, as the session's births snapshot expects; a message the outbox refuses
+        puts the state back, so that the same reading, taken again, makes it again."""
         device = self._devices.get(reading.device)
         metrics = self._metrics.get(reading.device)
         if device is None or metrics is None or self._pool is None:
             return
         state = next((s.state for s in self._pool.status() if s.name == reading.device), None)
         self._seen(device)
-        if state == "offline":
+        born, values = device.born, dict(device.values)
+        try:
+            await self._store(reading, device, metrics, offline=state == "offline")
+        except BaseException:
+            device.born, device.values = born, values
+            raise
+
+    async def _store(
+        self, reading: Reading, device: _Device, metrics: DeviceMetrics, *, offline: bool
+    ) -> None:
+        if offline:
             if device.born:
                 device.born = False
                 await self._put(reading.device, "DDEATH", device_death(reading.ts))
             return
-        # Report by exception, as Sparkplug intends: DDATA carries what changed.
-        changed = {
-            name: v.value
-            for name, v in reading.values.items()
-            if v.quality == "good" and device.values.get(name) != v.value
-        }
+        changed = _changed(device, reading)
         device.values.update(changed)
         if not device.born:
             device.born = True
@@ -185,6 +235,63 @@ class SparkplugNode:
             await self._put(reading.device, "DBIRTH", payload)
         elif changed:
             await self._put(reading.device, "DDATA", device_data(metrics, changed, reading.ts))
+
+    async def _replay(self) -> None:
+        """Store as DDATA what the readings after the cursor changed (every good value,
+        the first time a device appears: the values are not known after a restart),
+        then move the cursor to the head."""
+        assert self._outbox is not None
+        devices = frozenset(self._metrics)
+        stored = 0
+        while devices and (batch := self._journal.read(self._cursor, _REPLAY_BATCH, devices)):
+            messages = []
+            for _, reading in batch:
+                device = self._devices[reading.device]
+                if changed := _changed(device, reading):
+                    payload = device_data(self._metrics[reading.device], changed, reading.ts)
+                    messages.append(Outgoing(self._topic("DDATA", reading.device), payload))
+                    device.values.update(changed)
+            await self._outbox.put_many(messages)
+            stored += len(messages)
+            self._advance(batch[-1][0])
+        self._advance(self._journal.head)
+        if stored:
+            log.info("Sparkplug: %d DDATA from readings it missed, from the journal", stored)
+
+    async def _tail(self) -> None:
+        """Take the journal's new readings in order, until the node closes."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._take_new()
+            except (OSError, AgentError) as err:
+                # The cursor stays before the reading: the next wake tries it again.
+                self._last_error = str(err)
+                log.warning("Sparkplug: reading not stored, will retry: %s", err)
+            if self._closing:
+                return
+
+    async def _take_new(self) -> None:
+        devices = frozenset(self._metrics)
+        while devices and (batch := self._journal.read(self._cursor, _REPLAY_BATCH, devices)):
+            for entry, reading in batch:
+                try:
+                    await self.on_reading(reading)
+                except (OSError, AgentError):
+                    raise
+                except Exception:
+                    # A bug of ours must not hold every reading behind this one.
+                    log.exception("Sparkplug: reading %s/%d", reading.device, reading.seq)
+                self._advance(entry)
+        # No await since the last (empty) read: nothing new for this node up to the head.
+        self._advance(self._journal.head)
+        self._last_error = None
+
+    def _advance(self, entry: int) -> None:
+        if entry > self._cursor:
+            self._cursor = entry
+            self._journal.advance(CONSUMER, entry)
 
     def _seen(self, device: _Device) -> None:
         if not device.seen:
@@ -216,11 +323,13 @@ class SparkplugNode:
         metrics = self._metrics.get(name)
         device = self._devices.get(name)
         if metrics is None or device is None or self._pool is None:
+            self._refused += 1
             log.warning("Sparkplug DCMD refused: no device %r", name)
             return
         try:
             writes = device_command(metrics, parse(data))
         except ValueError as err:
+            self._refused += 1
             log.warning("Sparkplug DCMD for %s refused, nothing written: %s", name, err)
             return
         for definition, value in writes:
@@ -233,6 +342,16 @@ class SparkplugNode:
             if device.born:
                 ddata = device_data(metrics, {definition.name: back}, time.time())
                 await self._put(name, "DDATA", ddata)
+
+
+def _changed(device: _Device, reading: Reading) -> dict[str, Scalar]:
+    """Report by exception, as Sparkplug intends: DDATA carries the good values that
+    changed."""
+    return {
+        name: v.value
+        for name, v in reading.values.items()
+        if v.quality == "good" and device.values.get(name) != v.value
+    }
 
 
 class _Tap:

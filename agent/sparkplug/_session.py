@@ -131,6 +131,10 @@ class Session:
         self._bdseq_now = 0
         self.births = 0
         """Node births sent; for status and tests."""
+        self.connected = False
+        self.refused = 0
+        """NCMDs refused."""
+        self.last_error: str | None = None
 
     async def __aenter__(self) -> Session:
         self._runner = asyncio.create_task(self._run(), name=f"sparkplug {self._client_id}")
@@ -150,6 +154,11 @@ class Session:
     def request_rebirth(self) -> None:
         self._rebirth.set()
 
+    @property
+    def bd_seq(self) -> int:
+        """The bdSeq of the current (or last) session's births."""
+        return self._bdseq_now
+
     # The connection loop
 
     async def _run(self) -> None:
@@ -159,7 +168,10 @@ class Session:
                 if await self._session():
                     attempt = 0
             except (aiomqtt.MqttError, OutboxError) as err:
-                log.warning("Sparkplug session: %s", str(err) or type(err).__name__)
+                self.last_error = str(err) or type(err).__name__
+                log.warning("Sparkplug session: %s", self.last_error)
+            finally:
+                self.connected = False
             if self._stop.is_set():
                 return
             cap = min(self._mqtt.reconnect_max_s, self._mqtt.reconnect_min_s * 2**attempt)
@@ -182,6 +194,7 @@ class Session:
         self._host_online.clear()
         self._host_gone.clear()
         async with client:
+            self.connected = True
             self._bdseq.advance()  # the next connection's NDEATH must not match this birth
             await client.subscribe(self.topic.format("NCMD"), qos=1)
             await client.subscribe(self.topic.format("DCMD") + "/+", qos=1)
@@ -298,6 +311,7 @@ class Session:
                 try:
                     rebirth = node_command(parse(data))
                 except ValueError as err:
+                    self.refused += 1
                     log.warning("Sparkplug NCMD refused: %s", err)
                     continue
                 if rebirth:
