@@ -14,7 +14,7 @@ from agent.errors import ModuleError
 from agent.journal import Journal
 from agent.reading import Reading, Value
 from agent.runtime import RAW, ModuleHost, Pipeline, Route
-from agent.wasm import Engine, Limits, ReactorModule
+from agent.wasm import Emitted, Engine, Limits, ReactorModule
 from tests.brokers import until
 from tests.conftest import module_bytes
 
@@ -281,3 +281,40 @@ def test_a_module_of_one_device_does_not_hold_back_the_others_readings(
             return journal.status().depth
 
     assert asyncio.run(scenario()) == 0
+
+
+class _Nesting:
+    """A module whose every output nests 60,000 arrays deep (under the emit limit)."""
+
+    def on_reading(self, reading: Reading) -> list[Emitted]:
+        return [Emitted("nested", b"[" * 60_000)]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_module_output_nested_too_deep_for_json_is_not_fed_on(
+    engine: Engine, journal: Journal, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python's json would raise RecursionError; the follower is simply not fed."""
+
+    topics: list[str] = []
+
+    class Sink:
+        async def put(self, topic: str, payload: bytes, *, qos: int) -> None:
+            topics.append(topic)
+
+    async def scenario() -> None:
+        pipeline = Pipeline(Sink(), journal, ROOT)
+        nesting = await ModuleHost.start("nesting", _Nesting, version="1")  # type: ignore[arg-type]
+        pipeline.add(nesting, Route())
+        pipeline.add(await host(engine, "scale", {"topic": "scaled"}), Route(after="nesting"))
+        async with pipeline:
+            await pipeline.on_reading(reading("pump-1", 0, 1.0))
+            await pipeline.drain()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    assert topics == [f"{ROOT}/nested"]  # published as it is, fed to nobody
+    assert "is not a reading document (nested 60000 levels deep" in caplog.text
+    assert "ERROR" not in {r.levelname for r in caplog.records}

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from agent._json import parse_json
 from agent.errors import ModuleError
 from agent.journal import Journal
 from agent.reading import Reading
@@ -285,7 +285,7 @@ class Pipeline:
         self, stage: _Stage, message: Emitted, followers: list[_Stage], work: Work
     ) -> None:
         try:
-            reading = Reading.from_json(json.loads(message.payload))
+            reading = Reading.from_json(parse_json(message.payload))
         except ValueError as err:
             if not stage.warned_not_reading:
                 stage.warned_not_reading = True
