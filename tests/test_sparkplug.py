@@ -557,6 +557,120 @@ def test_bad_commands_write_nothing_and_say_why(
         assert line in log
 
 
+TANK_MAP = """
+publishing_interval_s = 0.05
+sampling_interval_s = 0.02
+
+[[points]]
+name = "level"
+node = "ns=2;s=Tank.Level"
+type = "float64"
+unit = "m"
+
+[[points]]
+name = "valve"
+node = "ns=2;s=Tank.Valve"
+type = "bool"
+writable = true
+"""
+
+
+async def tank_server(port: int) -> tuple[Any, Any, Any]:
+    """asyncua's server, started, with a Double `Level` (1.5) and a writable Boolean
+    `Valve` (false) under ns=2; returns it and the two variables."""
+    from asyncua import Server, ua  # noqa: PLC0415  (only this test serves OPC UA)
+
+    server = Server()
+    await server.init()
+    server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/tank/")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    ns = await server.register_namespace("urn:edge-agent:test:tank")
+    tank = await server.nodes.objects.add_object(ua.NodeId("Tank", ns), "Tank")
+    level = await tank.add_variable(
+        ua.NodeId("Tank.Level", ns), "Level", 1.5, ua.VariantType.Double
+    )
+    valve = await tank.add_variable(
+        ua.NodeId("Tank.Valve", ns), "Valve", False, ua.VariantType.Boolean
+    )
+    await valve.set_writable()
+    await server.start()
+    return server, level, valve
+
+
+def test_an_opcua_device_is_a_sparkplug_device(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    """An OPC UA server's points as a Sparkplug device: DBIRTH with the node map's
+    points and datatypes, DDATA when the server changes a value, a DCMD written to the
+    server's variable and read back, DDEATH when the server goes away."""
+    from asyncua import ua  # noqa: PLC0415  (only this test serves OPC UA)
+
+    port = free_port()
+    (tmp_path / "tank.toml").write_text(TANK_MAP)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[node]\nid = "{NODE}"\nstate_dir = "state"\n\n[engine]\nkind = "wasmtime"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n\n'
+        '[control]\nsocket = "control.sock"\n\n[commands]\nenabled = false\n\n'
+        f'[sparkplug]\nenabled = true\ngroup_id = "{GROUP}"\n\n'
+        '[[devices]]\nname = "tank"\ntransport = "opcua"\n'
+        f'endpoint = "opc.tcp://127.0.0.1:{port}/tank/"\nmap = "tank.toml"\n'
+    )
+    node = Node(config, DeviceImage(size=16), 0, mosquitto)  # no Modbus device
+
+    async def scenario() -> tuple[list[tuple[str, Any]], object]:
+        server, level, valve = await tank_server(port)
+        stopped = False
+        async with Subscriber(mosquitto, f"spBv1.0/{GROUP}/#", "-F", "%t %x") as sub:
+
+            def seen(kind: str) -> list[Any]:  # the node's own: the commands are left out
+                want = node.topic(kind, "tank")
+                return [schema.decode(p) for t, p in sub.messages if t == want]
+
+            def ddata(alias: int) -> list[Any]:
+                return [m for p in seen("DDATA") for m in p.metrics if m.alias == alias]
+
+            agent = node.start()
+            try:
+                await until(lambda: len(seen("DBIRTH")) == 1)
+                alias = {m.name: m.alias for m in seen("DBIRTH")[0].metrics}
+                await level.write_value(ua.Variant(42.5, ua.VariantType.Double))
+                await until(lambda: any(m.double_value == 42.5 for m in ddata(alias["level"])))
+                write = {"name": "valve", "boolean_value": True}
+                await node.publish(node.topic("DCMD", "tank"), schema.encode(metrics=[write]))
+                await until(lambda: any(m.boolean_value for m in ddata(alias["valve"])))
+                on_server = await valve.read_value()
+                await server.stop()
+                stopped = True
+                await until(lambda: len(seen("DDEATH")) == 1)
+                agent.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(agent.wait, 30) == 0
+            finally:
+                if agent.poll() is None:
+                    agent.kill()
+                    agent.wait(10)
+                if not stopped:
+                    await server.stop()
+        return list(sparkplug_messages(sub, schema)), on_server
+
+    messages, on_server = asyncio.run(scenario())
+    assert on_server is True  # the DCMD reached the server's variable
+    births = [p for t, p in messages if t == node.topic("NBIRTH")]
+    dbirth = next(p for t, p in messages if t == node.topic("DBIRTH", "tank"))
+    by_name = {m.name: m for m in dbirth.metrics}
+    assert {n: m.datatype for n, m in by_name.items()} == {
+        "level": schema.types["Double"],
+        "valve": schema.types["Boolean"],
+    }
+    assert by_name["level"].double_value == 1.5
+    assert by_name["valve"].boolean_value is False
+    aliases = {m.alias for m in dbirth.metrics}
+    assert len(aliases) == 2
+    assert metric(births[0], "Node Control/Rebirth").alias not in aliases
+    ddata = [p for t, p in messages if t == node.topic("DDATA", "tank")]
+    assert all(not m.HasField("name") and m.alias in aliases for p in ddata for m in p.metrics)
+
+
 def test_datatypes_follow_the_register_map(tmp_path: Path) -> None:
     (tmp_path / "fast.toml").write_text(MAP)
     (tmp_path / "agent.toml").write_text(
@@ -578,3 +692,46 @@ def test_the_committed_generated_module_is_what_the_script_makes(tmp_path: Path)
     for name in ("sparkplug_b_pb2.py", "sparkplug_b_pb2.pyi"):
         committed = (REPO / "agent" / "sparkplug" / name).read_bytes()
         assert (tmp_path / name).read_bytes() == committed, name
+
+
+def test_an_independent_host_implementation_reads_births_and_data(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """pysparkplug, written apart from this project, decodes what the node sends:
+    bdSeq and the rebirth control in NBIRTH, every register with its datatype in
+    DBIRTH, and DDATA by alias resolved through that DBIRTH."""
+    pysparkplug = pytest.importorskip(
+        "pysparkplug", reason="scripts/venv installs pysparkplug (without its paho-mqtt pin)"
+    )
+    node = make_node(tmp_path, mosquitto)
+
+    async def scenario() -> list[tuple[str, bytes]]:
+        async with node.running() as sub:
+
+            def raw(kind: str, device: str | None = None) -> list[bytes]:
+                want = node.topic(kind, device)
+                return [bytes.fromhex(p) for t, p in sub.messages if t == want]
+
+            await until(lambda: len(raw("DDATA", "pump")) >= 3 and bool(raw("NBIRTH")), 30)
+            return [(t, bytes.fromhex(p)) for t, p in sub.messages]
+
+    messages = asyncio.run(scenario())
+
+    def first(kind: str, device: str | None = None) -> bytes:
+        return next(p for t, p in messages if t == node.topic(kind, device))
+
+    nbirth = pysparkplug.NBirth.decode(first("NBIRTH"))
+    node_metrics = {m.name: m for m in nbirth.metrics}
+    assert node_metrics["bdSeq"].datatype == pysparkplug.DataType.INT64
+    assert node_metrics["Node Control/Rebirth"].value is False
+    dbirth = pysparkplug.DBirth.decode(first("DBIRTH", "pump"))
+    types = {m.name: m.datatype.name for m in dbirth.metrics}
+    assert types == {name: kind.upper() for name, kind in EXPECTED_TYPES.items()}
+    ddata = [
+        pysparkplug.DData.decode(p, birth=dbirth)
+        for t, p in messages
+        if t == node.topic("DDATA", "pump")
+    ]
+    counts = [m.value for d in ddata for m in d.metrics if m.name == "count"]
+    assert len(counts) >= 3
+    assert counts == sorted(counts)  # the device's counter, in order

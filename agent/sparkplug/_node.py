@@ -1,14 +1,16 @@
 """The Sparkplug B edge node: the agent's devices as Sparkplug devices, beside the JSON
 topics.
 
-Owns each device's Sparkplug state (born or not, its last good values) and turns
-readings into what a host must see: a DBIRTH when a device comes online, DDATA while it
-is, a DDEATH when it goes offline (the device pool's own verdict); a DCMD becomes a
-write with read-back whose value goes out as DDATA; module outputs, tapped from the
-pipeline's sink, become NDATA (`_outputs`). It stores those messages in order
-in a durable outbox of its own (`<state_dir>/sparkplug/outbox.sqlite`) and leaves the
-connection, the births and the seq to `_session`. It must not change what the JSON
-outbox gets (the tap passes every message on first).
+Owns each device's Sparkplug state (born or not, its last good values; Modbus and OPC
+UA devices alike) and turns readings into what a host must see: a DBIRTH when a device
+comes online, DDATA while it is, a DDEATH when it goes offline (the device pool's own
+verdict; an OPC UA device that lost its session sends no reading, so the node also
+looks at those devices' states); a DCMD becomes a write with read-back whose value goes
+out as DDATA; module outputs, tapped from the pipeline's sink, become NDATA (`_outputs`).
+It stores those messages in order in a durable outbox of its own
+(`<state_dir>/sparkplug/outbox.sqlite`) and leaves the connection, the births and the
+seq to `_session`. It must not change what the JSON outbox gets (the tap passes every
+message on first).
 
 Readings come from the reading journal, as a consumer of it (`CONSUMER`): one tailer
 task takes them in journal order once the pipeline has journaled them, and moves the
@@ -27,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.config import AgentConfig, DeviceConfig
+from agent.config import AgentConfig, OpcuaDeviceConfig
 from agent.errors import AgentError
 from agent.journal import Journal
 from agent.outbox import Outbox, OutboxLimits, Outgoing
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 CONSUMER = "<sparkplug>"
 """The node's cursor in the reading journal; no module name has angle brackets."""
 _REPLAY_BATCH = 256
+_WATCH_S = 0.25
+"""How often the node looks at the OPC UA devices' states, for their deaths."""
 
 OnReading = Callable[[Reading], Awaitable[None]]
 
@@ -90,8 +94,10 @@ class SparkplugNode:
         self.edge_node_id = sparkplug.edge_node_id or config.node.id
         self._config = config
         self._journal = journal
-        self._metrics = device_metrics(d for d in config.devices if isinstance(d, DeviceConfig))
+        self._metrics = device_metrics(config.devices)
         self._devices = {name: _Device() for name in self._metrics}
+        self._opcua = tuple(d.name for d in config.devices if isinstance(d, OpcuaDeviceConfig))
+        """Devices that send no reading when offline: their deaths come from their state."""
         self._pool: Devices | None = None
         self._settled = asyncio.Event()
         if not self._devices:
@@ -108,6 +114,7 @@ class SparkplugNode:
         self._wake = asyncio.Event()
         self._closing = False
         self._tailer: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._refused = 0
         self._last_error: str | None = None
 
@@ -139,9 +146,14 @@ class SparkplugNode:
             self._outbox.close()
             raise
         self._tailer = asyncio.create_task(self._tail(), name="sparkplug journal")
+        if self._opcua:
+            self._watcher = asyncio.create_task(self._watch(), name="sparkplug device states")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self._tailer is not None:
             # The devices have stopped: take what is left, then stop.
             self._closing = True
@@ -286,7 +298,33 @@ class SparkplugNode:
                 self._advance(entry)
         # No await since the last (empty) read: nothing new for this node up to the head.
         self._advance(self._journal.head)
+        await self._deaths()
         self._last_error = None
+
+    async def _watch(self) -> None:
+        """Wake the tailer now and then: an OPC UA device may have gone offline."""
+        while True:
+            await asyncio.sleep(_WATCH_S)
+            self._wake.set()
+
+    async def _deaths(self) -> None:
+        """A DDEATH for each born OPC UA device the pool says is offline (after the
+        readings before it: the same task takes both, in order)."""
+        if self._pool is None or not self._opcua:
+            return
+        states = {s.name: s.state for s in self._pool.status()}
+        for name in self._opcua:
+            if states.get(name) != "offline":
+                continue
+            device = self._devices[name]
+            self._seen(device)
+            if device.born:
+                device.born = False
+                try:
+                    await self._put(name, "DDEATH", device_death(time.time()))
+                except BaseException:
+                    device.born = True
+                    raise
 
     def _advance(self, entry: int) -> None:
         if entry > self._cursor:

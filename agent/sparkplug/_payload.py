@@ -2,8 +2,9 @@
 protobuf messages built from it (births, data, deaths) or read into it (commands).
 
 The only importer of the generated schema module. Aliases are assigned once, from the
-config (register maps in file order), so they are the same in every session and a
-stored DDATA stays valid after a rebirth. It does no I/O and knows no MQTT.
+config (register maps, then OPC UA node maps, in file order), so they are the same in
+every session and a stored DDATA stays valid after a rebirth. It does no I/O and knows
+no MQTT.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.config import DeviceConfig, RegisterSpec
+from agent.config import DeviceConfig, NodeSpec, OpcuaDeviceConfig, RegisterSpec
 from agent.sparkplug import sparkplug_b_pb2 as pb
 
 Scalar = float | int | bool | str
@@ -55,17 +56,23 @@ def datatype_of(reg: RegisterSpec) -> int:
     return _DATATYPES[reg.type]
 
 
+def datatype_of_point(point: NodeSpec) -> int:
+    """The Sparkplug datatype of an OPC UA point: its node map type, as for a register
+    read as it is."""
+    return _DATATYPES[point.type]
+
+
 @dataclass(frozen=True, slots=True)
 class MetricDef:
     name: str
     alias: int
     datatype: int
     writable: bool = False
-    """Whether a command may set it: a writable register; never a node metric."""
+    """Whether a command may set it: a writable register or point; never a node metric."""
 
 
 class DeviceMetrics:
-    """One device's metrics: its register map's points, each with its alias."""
+    """One device's metrics: its register map's or node map's points, each with its alias."""
 
     def __init__(self, name: str, metrics: Sequence[MetricDef]) -> None:
         self.name = name
@@ -85,18 +92,33 @@ class DeviceMetrics:
         return None
 
 
-def device_metrics(devices: Iterable[DeviceConfig]) -> dict[str, DeviceMetrics]:
+def device_metrics(
+    devices: Iterable[DeviceConfig | OpcuaDeviceConfig],
+) -> dict[str, DeviceMetrics]:
     """Aliases unique across the edge node: 0 is the node's rebirth metric, then every
-    device's registers in config and map order."""
+    Modbus device's registers in config and map order, then every OPC UA device's points
+    in config and node map order (after the Modbus ones: adding an OPC UA device leaves
+    the Modbus aliases as they were)."""
     table = {}
     alias = REBIRTH_ALIAS + 1
+    devices = list(devices)
     for device in devices:
-        metrics = []
-        for group in device.register_map.groups:
-            for reg in group.registers:
-                metrics.append(MetricDef(reg.name, alias, datatype_of(reg), reg.writable))
+        if isinstance(device, DeviceConfig):
+            metrics = []
+            for group in device.register_map.groups:
+                for reg in group.registers:
+                    metrics.append(MetricDef(reg.name, alias, datatype_of(reg), reg.writable))
+                    alias += 1
+            table[device.name] = DeviceMetrics(device.name, metrics)
+    for device in devices:
+        if isinstance(device, OpcuaDeviceConfig):
+            metrics = []
+            for point in device.node_map.points:
+                metrics.append(
+                    MetricDef(point.name, alias, datatype_of_point(point), point.writable)
+                )
                 alias += 1
-        table[device.name] = DeviceMetrics(device.name, metrics)
+            table[device.name] = DeviceMetrics(device.name, metrics)
     return table
 
 
