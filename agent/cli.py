@@ -50,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
-        description="Runs signed WebAssembly modules over Modbus readings on IoT gateways.",
+        description="Runs signed WebAssembly modules over Modbus and OPC UA readings on IoT "
+        "gateways and publishes to MQTT (JSON topics, Sparkplug B).",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument(
