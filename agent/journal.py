@@ -125,10 +125,11 @@ class Journal:
         rows = self._open_db().execute("SELECT device, next_seq FROM devices")
         return {device: int(seq) for device, seq in rows}
 
-    async def append(self, reading: Reading) -> int:
-        """Journal one reading; returns its id once it is on disk."""
+    async def append(self, reading: Reading, line: bytes | None = None) -> int:
+        """Journal one reading; returns its id once it is on disk. `line` is the
+        reading's `to_json_line()` where the caller has it already."""
         self._open_db()
-        self._pending.append((reading.device, reading.to_json_line()))
+        self._pending.append((reading.device, line or reading.to_json_line()))
         self._seqs[reading.device] = max(self._seqs.get(reading.device, 0), reading.seq + 1)
         if self._batch is None:
             self._batch = asyncio.get_running_loop().create_future()

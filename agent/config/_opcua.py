@@ -28,22 +28,11 @@ from pydantic_core import InitErrorDetails
 
 from agent.config._devices import DeviceConfig
 from agent.config._fields import NAME_PATTERN, ConfigPath
-from agent.config._registers import NUMERIC_TYPES
+from agent.config._registers import NUMERIC_TYPES, ValueType
 from agent.errors import ConfigError
 from agent.validation import StrictModel, check_unique, read_toml, validated
 
-NodeType = Literal[
-    "bool",
-    "int16",
-    "uint16",
-    "int32",
-    "uint32",
-    "int64",
-    "uint64",
-    "float32",
-    "float64",
-    "string",
-]
+NodeType = ValueType
 SecurityPolicy = Literal["None", "Basic256Sha256"]
 SecurityMode = Literal["Sign", "SignAndEncrypt"]
 MODBUS_TRANSPORTS = ("tcp", "rtu", "rtu-tcp")

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from agent.validation import StrictModel, check_unique, read_toml, validated
 
 Table = Literal["coil", "discrete_input", "input", "holding"]
-DataType = Literal[
+ValueType = Literal[
     "bool",
     "int16",
     "uint16",
@@ -26,8 +26,10 @@ DataType = Literal[
     "float32",
     "float64",
     "string",
-    "bit",
 ]
+"""The types a point holds, over any protocol."""
+DataType = Literal[ValueType, "bit"]
+"""A register's type: a value type, or one bit of a register (Modbus only)."""
 ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
 
 BIT_TABLES: frozenset[str] = frozenset({"coil", "discrete_input"})

@@ -120,7 +120,8 @@ class Pipeline:
             after = self._raw_cursor.start
             while batch := self._journal.read(after, _REPLAY_BATCH):
                 for entry, reading in batch:
-                    await self._publish_raw(self._raw_cursor.open(entry), reading)
+                    work = self._raw_cursor.open(entry)
+                    await self._publish_raw(work, reading.device, reading.to_json_line())
                 after = batch[-1][0]
         self._running = True
         for stage in self._stages.values():
@@ -177,7 +178,8 @@ class Pipeline:
     async def on_reading(self, reading: Reading) -> None:
         """Take one device reading: journal it, publish it raw if configured, queue it
         for the modules that take it. When this returns the reading is on disk."""
-        entry = await self._journal.append(reading)
+        line = reading.to_json_line()  # written once: the journal's record, the raw message
+        entry = await self._journal.append(reading, line)
         # Every consumer's work for this entry is opened before the first await: the
         # appends of one commit resume in entry order, so each cursor sees its entries
         # in order even when another device's reading waits for room in a queue.
@@ -193,7 +195,7 @@ class Pipeline:
             elif stage.cursor is not None:
                 stage.cursor.skip(entry)
         if raw is not None:
-            await self._publish_raw(raw, reading)
+            await self._publish_raw(raw, reading.device, line)
         for stage, item in taken:
             await self._enqueue(stage, item)
 
@@ -201,9 +203,9 @@ class Pipeline:
         """Wait until every queued reading, chained ones included, has been processed."""
         await self._idle.wait()
 
-    async def _publish_raw(self, work: Work, reading: Reading) -> None:
+    async def _publish_raw(self, work: Work, device: str, line: bytes) -> None:
         try:
-            await self._publish(f"devices/{reading.device}", reading.to_json_line().rstrip(b"\n"))
+            await self._publish(f"devices/{device}", line.rstrip(b"\n"))
         finally:
             work.finish()
 
