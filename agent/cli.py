@@ -19,6 +19,7 @@ from agent.config import load_config
 from agent.control import add_status_command
 from agent.demo import add_demo_command
 from agent.errors import AgentError
+from agent.fleet import add_fleet_command
 from agent.reading import Reading
 from agent.runtime import add_run_command
 from agent.supply import add_supply_commands
@@ -41,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as err:
         print(f"edge-agent: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C on a command in progress (a `fleet deploy` goes on from its document).
+        return 130
     except BrokenPipeError:
         # The reader went away (`| head`): not an error, and no traceback.
         sys.stderr.close()
@@ -51,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
         description="Runs signed WebAssembly modules over Modbus and OPC UA readings on IoT "
-        "gateways and publishes to MQTT (JSON topics, Sparkplug B).",
+        "gateways and publishes to MQTT (JSON topics, Sparkplug B); `fleet` drives many "
+        "of them over MQTT (groups, desired state, staged rollouts).",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument(
@@ -101,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     add_demo_command(commands)
     add_command_commands(commands)
+    add_fleet_command(commands)
     return parser
 
 

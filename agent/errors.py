@@ -147,6 +147,14 @@ class CommandRejected(AgentError):
         self.reason = message
 
 
+class DesiredStateError(AgentError):
+    """A desired-state document was refused (malformed, unsigned, older than one applied)."""
+
+
+class RolloutError(AgentError):
+    """A fleet rollout cannot start, go on or be resumed; the message says why."""
+
+
 class CommandFailed(AgentError):
     """A command handler could not do what was asked; the message goes into the reply."""
 

@@ -130,6 +130,12 @@ _MQTT = [
     ),
     ("outbox_dropped_total", "counter", "Messages dropped by a full outbox.", lambda m: m.dropped),
     ("mqtt_reconnects_total", "counter", "Reconnections to the broker.", lambda m: m.reconnects),
+    (
+        "mqtt_failovers_total",
+        "counter",
+        "Connections made to another broker node than the one before.",
+        lambda m: m.failovers,
+    ),
 ]
 _JOURNAL = [
     ("journal_readings", "gauge", "Readings not yet taken by every module.", lambda j: j.depth),

@@ -56,7 +56,7 @@ class JournalStatus(_Status):
 
 class MqttStatus(_Status):
     broker: str
-    """`host:port` of the broker, for the operator to recognise."""
+    """`host:port` of the broker connected to, or being tried (one of `mqtt.hosts`)."""
     connected: bool
     outbox_depth: int = Field(0, ge=0)
     """Messages stored on disk, waiting for the broker."""
@@ -65,6 +65,8 @@ class MqttStatus(_Status):
     dropped: int = Field(0, ge=0)
     """Messages the outbox discarded because it was full."""
     reconnects: int = Field(0, ge=0)
+    failovers: int = Field(0, ge=0)
+    """Connections made to another node of a clustered broker than the one before."""
     published: int = Field(0, ge=0)
     """Messages the broker acknowledged since the agent started."""
     last_error: str | None = None

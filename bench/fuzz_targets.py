@@ -464,6 +464,72 @@ def _modbus_seeds() -> list[bytes]:
     ]
 
 
+# --- fleet documents -----------------------------------------------------------------
+
+
+_FLEET_TOPIC = "edge/group/line-1/desired"
+
+
+@contextmanager
+def _fleet(scratch: Path) -> Iterator[Callable[[bytes], None]]:
+    """Mode 0: a desired-state document; 1: the same, signed by the fuzz key (so the
+    fuzzer gets past the signature); 2: a node's report; 3: a rollout document."""
+    from agent._json import parse_json
+    from agent.commands import CommandVerifier, signed_bytes
+    from agent.fleet import desired_payload, parse_desired, parse_report
+    from agent.fleet._edit import entry_dict
+    from agent.fleet._progress import parse_rollout
+
+    verifier = CommandVerifier([fuzz_key().public_key()], 300)
+
+    def run(data: bytes) -> None:
+        mode, payload = (data[0] % 4, data[1:]) if data else (0, b"")
+        if mode == 2:
+            parse_report("edge/n1/report", payload)
+            return
+        if mode == 3:
+            parse_rollout("edge/group/line-1/rollout", payload)
+            return
+        if mode == 1:
+            payload = _signed_payload(_FLEET_TOPIC, payload, parse_json, signed_bytes)
+        document = parse_desired(_FLEET_TOPIC, payload, verifier if mode == 1 else None)
+        if document is not None:  # what the tool writes of it, a node must take
+            modules = [entry_dict(m) for m in document.modules]
+            again = desired_payload(_FLEET_TOPIC, document.revision, modules)
+            _must(parse_desired, _FLEET_TOPIC, again, None)
+
+    yield run
+
+
+def _fleet_errors() -> tuple[type[BaseException], ...]:
+    from agent.errors import DesiredStateError, RolloutError
+
+    return (DesiredStateError, RolloutError)
+
+
+def _fleet_seeds() -> list[bytes]:
+    from agent.fleet import Report, ReportModule, ReportWanted
+
+    desired = {
+        "revision": 1765000000123,
+        "modules": [
+            {"name": "scale", "ref": "registry.local:5000/edge/scale:1.1.0",
+             "digest": DIGEST, "config": {"factor": 2}},
+        ],
+    }  # fmt: skip
+    report = Report(
+        node="n1", groups=("line-1",), ts=CLOCK, agent="0.1.0", healthy=True,
+        modules=(ReportModule(name="scale", version="1.1.0", digest=DIGEST, state="running"),),
+        desired=(ReportWanted(name="scale", ref="registry.local:5000/edge/scale:1.1.0",
+                              source="group:line-1", state="converged"),),
+    )  # fmt: skip
+    return [
+        b"\x00" + json.dumps(desired).encode(),
+        b"\x01" + json.dumps({**desired, "ts": int(CLOCK), "nonce": "fleet-seed"}).encode(),
+        b"\x02" + report.payload(),
+    ]
+
+
 def _value_errors() -> tuple[type[BaseException], ...]:
     return (ValueError,)
 
@@ -479,6 +545,7 @@ TARGETS: dict[str, Target] = {
         Target("oci", _oci, _supply_errors),
         Target("cosign", _cosign, _supply_errors),
         Target("modbus", _modbus, _value_errors, max_len=512),
+        Target("fleet", _fleet, _fleet_errors),
     )
 }
 """The command router answers every message itself: no exception may leave it."""
@@ -492,6 +559,7 @@ SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "oci": _oci_seeds,
     "cosign": _cosign_seeds,
     "modbus": _modbus_seeds,
+    "fleet": _fleet_seeds,
 }
 
 

@@ -149,11 +149,13 @@ class Subscriber:
     publisher's resend, which the broker forwards as a new message.
     """
 
-    def __init__(self, broker: Mosquitto, topic: str, *extra: str) -> None:
+    def __init__(self, broker: Mosquitto | int, topic: str, *extra: str) -> None:
+        """`broker`: mosquitto, or the port of another broker on loopback (a cluster node)."""
+        port = broker if isinstance(broker, int) else broker.port
         self._args = [
-            "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port),
+            "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port),
             "-t", topic,
-            "-q", "1", "-c", "-i", f"sub-{broker.port}-{id(self)}", "-v", "-d", *extra,
+            "-q", "1", "-c", "-i", f"sub-{port}-{id(self)}", "-v", "-d", *extra,
         ]  # fmt: skip
         self.messages: list[tuple[str, str]] = []
         self.dup: list[bool] = []

@@ -3,9 +3,9 @@
 Every engine test runs on each available engine. WasmEdge is not on the package
 registries, so its cases are skipped, with the reason, where the library is absent.
 
-A test that starts a peer (mosquitto, Debian's docker-registry, a socat pty pair, ...)
-carries its marker, given by the fixture it uses or written on it, so `-m "not
-registry"` leaves those out. A peer that is not installed fails the test with the
+A test that starts a peer (mosquitto, a nats-server cluster, Debian's docker-registry, a
+socat pty pair, ...) carries its marker, given by the fixture it uses or written on it,
+so `-m "not registry"` leaves those out. A peer that is not installed fails the test with the
 install line; with EDGE_AGENT_NO_INSTALL=1 (see scripts/need-packages) it skips instead.
 """
 
@@ -22,7 +22,7 @@ from agent.errors import EngineUnavailable
 from agent.wasm import Engine, create_engine
 from agent.wasm.engines.wasmedge import find_library
 
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["tests.brokers", "tests.cluster"]
 
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "modules" / "dist"
@@ -33,6 +33,7 @@ PEERS = {
         ("mosquitto", "mosquitto_pub", "mosquitto_sub", "mosquitto_rr"),
         ("mosquitto", "mosquitto-clients"),
     ),
+    "nats": (("nats-server",), ("nats-server",)),
     "registry": (("docker-registry",), ("docker-registry",)),
     "socat": (("socat",), ("socat",)),
     "systemd": (("systemd-analyze",), ("systemd",)),
@@ -42,6 +43,7 @@ PEERS = {
 
 _PEER_FIXTURES = {
     "mosquitto": "mosquitto",
+    "nats_cluster": "nats",
     "registry": "registry",
     "secure_registry": "registry",
     "pty_pair": "socat",

@@ -96,6 +96,7 @@ def make_snapshot(
             oldest_age_s=None if mqtt_connected else 12.5,
             dropped=1,
             reconnects=2,
+            failovers=1,
             last_error=None if mqtt_connected else "connection refused",
         ),
         journal=JournalStatus(depth=7, bytes=2100, dropped=0 if mqtt_connected else 3),

@@ -31,6 +31,7 @@ from agent.journal import Journal
 
 from .brokers import Mosquitto
 from .conftest import DIST, REPO
+from .fleet_nodes import Pump
 
 NODE = "chaos"
 SECONDS = 60.0
@@ -39,24 +40,6 @@ TOPICS = ("devices/{device}", "scaled", "stats")
 SLOW_SPINS = 50_000_000
 """About 25 ms a reading here: `slow` is busy most of the time pump-1 gives it, so a
 kill almost always finds a reading inside it, the window a journal must cover."""
-
-
-class Pump:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.sim.pump", "--port", "0", "--faults-per-hour", "0"],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        self.port = int(self.proc.stdout.readline().rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
 
 
 class AgentProcess:
@@ -153,7 +136,7 @@ class Subscriber:
     def messages(self) -> Iterator[tuple[str, dict[str, object]]]:
         for line in self.out.read_text().splitlines():
             topic, _, payload = line.partition(" ")
-            if topic.endswith("/status"):
+            if topic.endswith(("/status", "/report")):
                 continue
             yield topic.removeprefix(f"edge/{NODE}/"), json.loads(payload)
 

@@ -144,6 +144,32 @@ def test_broker_down_is_an_error_naming_it_and_fast(
     assert report.elapsed < 5
 
 
+def test_a_cluster_node_down_is_a_warning_naming_who_answered(
+    tmp_path: Path, mosquitto: Mosquitto, pump_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With `mqtt.hosts`, one node that answers is enough to run; every node is probed."""
+    down = free_port()
+    config = write_config(tmp_path, broker_port=mosquitto.port, pump_port=pump_port)
+    hosts = f'hosts = ["127.0.0.1:{down}", "127.0.0.1:{mosquitto.port}"]'
+    config.write_text(config.read_text().replace('host = "127.0.0.1"', hosts, 1))
+    report = check(config, capsys, pump_port=pump_port)
+    assert report.code == 0
+    assert report.verdicts()["mqtt"] == "warning"
+    assert report.checks["mqtt"]["message"] == (
+        f"127.0.0.1:{mosquitto.port} accepted an MQTT 5 CONNECT (no TLS, anonymous); "
+        f"broker 127.0.0.1:{down}: connection refused"
+    )
+    assert "start the broker, or correct mqtt.hosts" in (report.checks["mqtt"]["fix"] or "")
+
+    mosquitto.stop()
+    report = check(config, capsys, pump_port=pump_port)
+    assert report.code == 1
+    assert report.errors()["mqtt"] == (
+        f"broker 127.0.0.1:{down}: connection refused; "
+        f"broker 127.0.0.1:{mosquitto.port}: connection refused"
+    )
+
+
 @pytest.mark.mosquitto
 def test_wrong_password_says_authentication_failed(
     tmp_path: Path, pump_port: int, capsys: pytest.CaptureFixture[str]

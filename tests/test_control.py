@@ -205,5 +205,6 @@ def test_rendering_shows_every_section() -> None:
         "module 'faulty' failed",
         "Sparkplug B",
         "2 (bdSeq 4)",
+        "2 (1 to another broker node)",
     ):
         assert expected in text, expected

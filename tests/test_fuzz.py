@@ -39,6 +39,7 @@ RUNS = {
     "module": 2000,
     "registers": 2000,
     "config": 1500,
+    "fleet": 3000,
 }
 """Inputs per target: one to two seconds each on a 2-core machine."""
 

@@ -51,6 +51,7 @@ def test_scrape_returns_the_snapshot_figures() -> None:
     assert got['edge_agent_device_errors_total{device="pump-1"}'] == 4
     assert got["edge_agent_healthy"] == 0
     assert got['edge_agent_mqtt_connected{broker="127.0.0.1:1883"}'] == 1
+    assert got['edge_agent_mqtt_failovers_total{broker="127.0.0.1:1883"}'] == 1
     assert got['edge_agent_module_invocations_total{module="scale"}'] == 10
     assert (got["edge_agent_journal_readings"], got["edge_agent_journal_dropped_total"]) == (7, 0)
     assert (got["edge_agent_sparkplug_connected"], got["edge_agent_sparkplug_bd_seq"]) == (1, 4)

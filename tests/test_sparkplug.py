@@ -391,6 +391,40 @@ def test_data_stored_while_the_broker_is_down_follows_the_next_births(
     assert counts == sorted(counts)  # nothing out of order, across the outage
 
 
+def test_the_session_fails_over_to_the_next_of_mqtt_hosts(
+    tmp_path: Path, mosquitto: Mosquitto, schema: Schema
+) -> None:
+    """With `mqtt.hosts`, losing the broker moves the session to the next one: a new
+    session there, with the next bdSeq, its births and then data."""
+    (tmp_path / "second").mkdir()
+    second = Mosquitto(tmp_path / "second")
+    second.start()
+    node = make_node(tmp_path, second)  # its subscriber is on the second broker
+    mqtt = f'host = "127.0.0.1"\nport = {second.port}'
+    hosts = f'hosts = ["127.0.0.1:{mosquitto.port}", "127.0.0.1:{second.port}"]'
+    node.config.write_text(node.config.read_text().replace(mqtt, hosts))
+    ddata = node.topic("DDATA", "pump")
+
+    async def scenario() -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+        async with (
+            Subscriber(mosquitto, f"spBv1.0/{GROUP}/#", "-F", "%t %x") as first,
+            node.running() as sub,
+        ):
+            await until(lambda: any(t == ddata for t, _ in first.messages))
+            mosquitto.stop()
+            await until(lambda: any(t == ddata for t, _ in sub.messages))
+        return list(sparkplug_messages(first, schema)), list(sparkplug_messages(sub, schema))
+
+    try:
+        on_first, on_second = asyncio.run(scenario())
+    finally:
+        second.stop()
+    births = [p for t, p in on_first + on_second if t == node.topic("NBIRTH")]
+    assert [metric(p, "bdSeq").long_value for p in births] == [0, 1]
+    kinds = [t.split("/")[2] for t, _ in on_second]
+    assert kinds[:3] == ["NBIRTH", "DBIRTH", "DDATA"]
+
+
 def test_readings_journaled_but_not_yet_taken_go_out_as_historical_ddata(
     tmp_path: Path, mosquitto: Mosquitto, schema: Schema
 ) -> None:

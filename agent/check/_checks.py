@@ -37,7 +37,7 @@ from agent.errors import (
     SupplyError,
 )
 from agent.modbus import probe_device
-from agent.mqtt import probe_broker
+from agent.mqtt import probe_brokers
 from agent.supply import load_public_key, parse_reference, registry_client
 from agent.wasm import EngineFound, find_engines
 
@@ -295,18 +295,29 @@ def check_module(config: AgentConfig, module: ModuleConfig) -> CheckResult:
 
 
 async def check_mqtt(config: AgentConfig, timeout_s: float) -> CheckResult:
-    """A real CONNECT with the configured protocol, TLS and credentials."""
+    """A real CONNECT to each broker endpoint with the configured protocol, TLS and
+    credentials; one that answers is enough to run, a cluster node that does not is a
+    warning (the agent fails over to the others)."""
     mqtt = config.mqtt
-    broker = f"{mqtt.host}:{mqtt.broker_port}"
     if mqtt.embedded:
-        return _ok("mqtt", f"embedded broker: the agent starts it on {broker}")
-    try:
-        await probe_broker(mqtt, timeout_s)
-    except BrokerUnreachable as err:
-        return _error("mqtt", _broker_problem(err), _BROKER_FIXES[err.kind])
+        return _ok(
+            "mqtt", f"embedded broker: the agent starts it on {mqtt.host}:{mqtt.broker_port}"
+        )
+    results = await probe_brokers(mqtt, timeout_s)
+    up = [broker for broker, err in results if err is None]
+    problems = [err for _, err in results if err is not None]
+    fix = "" if not problems else _BROKER_FIXES[problems[0].kind]
+    if mqtt.hosts:
+        fix = fix.replace("mqtt.host and mqtt.port", "mqtt.hosts")
+    if not up:
+        return _error("mqtt", "; ".join(map(_broker_problem, problems)), fix)
     who = f"user {mqtt.username!r}" if mqtt.username else "anonymous"
     tls = "TLS" if mqtt.tls is not None else "no TLS"
-    return _ok("mqtt", f"{broker} accepted an MQTT {mqtt.protocol} CONNECT ({tls}, {who})")
+    accepted = f"{' and '.join(up)} accepted an MQTT {mqtt.protocol} CONNECT ({tls}, {who})"
+    if not problems:
+        return _ok("mqtt", accepted)
+    message = "; ".join([accepted, *map(_broker_problem, problems)])
+    return _warning("mqtt", message, f"the agent uses the others meanwhile; {fix}")
 
 
 def _broker_problem(err: BrokerUnreachable) -> str:

@@ -50,7 +50,8 @@ class Reply:
 
 
 class CommandRouter:
-    """Routes `<prefix>/<node>/cmd/<name>` and `<prefix>/fleet/cmd/<name>` to handlers."""
+    """Routes `<prefix>/<node>/cmd/<name>`, `<prefix>/group/<group>/cmd/<name>` for each
+    of the node's groups and `<prefix>/fleet/cmd/<name>` to handlers."""
 
     def __init__(
         self,
@@ -58,6 +59,7 @@ class CommandRouter:
         *,
         prefix: str,
         node_id: str,
+        groups: tuple[str, ...] = (),
         verifier: CommandVerifier | None = None,
         bucket: TokenBucket | None = None,
     ) -> None:
@@ -71,7 +73,11 @@ class CommandRouter:
             verifier = CommandVerifier(load_public_keys(config.trusted_keys), config.max_skew_s)
         self._config = config
         self._node = node_id
-        self._roots = {f"{prefix}/{node_id}/cmd/", f"{prefix}/fleet/cmd/"}
+        self._roots = {
+            f"{prefix}/{node_id}/cmd/",
+            f"{prefix}/fleet/cmd/",
+            *(f"{prefix}/group/{group}/cmd/" for group in groups),
+        }
         self._verifier = verifier if config.require_signature else None
         self._bucket = bucket or TokenBucket(config.rate_per_s, config.burst)
         self._cache = ResponseCache(config.dedupe_size)

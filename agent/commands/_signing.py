@@ -126,13 +126,22 @@ class CommandVerifier:
                 f"timestamp {ts} is {now - ts:+.0f} s from this node's clock "
                 f"(allowed: ±{self._skew} s)",
             )
+        self._check(topic, request, signature)
+        return ts, nonce
+
+    def check_signature(self, topic: str, document: Mapping[str, Any]) -> None:
+        """Only the signature, not the clock or the nonce: for retained documents (desired
+        state), which are delivered again on every connect and ordered by revision."""
+        _, _, signature = _signed_fields(document)
+        self._check(topic, document, signature)
+
+    def _check(self, topic: str, request: Mapping[str, Any], signature: bytes) -> None:
         try:
             message = signed_bytes(topic, request)
         except ValueError as err:  # NaN or a lone surrogate: no canonical form to check
             raise CommandRejected("malformed", f"the request cannot be signed: {err}") from err
         if not any(_valid(key, signature, message) for key in self._keys):
             raise CommandRejected("unauthorized", "the signature is not from a trusted key")
-        return ts, nonce
 
     def claim_nonce(self, ts: int, nonce: str) -> None:
         """Refuse a nonce seen within the window; remember it until it leaves the window."""

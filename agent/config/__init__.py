@@ -18,7 +18,6 @@ from agent.config._models import (
     MetricsConfig,
     ModuleConfig,
     MqttConfig,
-    NodeConfig,
     OutboxConfig,
     PipelineConfig,
     PolicyConfig,
@@ -29,6 +28,7 @@ from agent.config._models import (
     TlsConfig,
     WasiConfig,
 )
+from agent.config._node import FleetConfig, NodeConfig
 from agent.config._opcua import (
     NodeMap,
     NodeSpec,
@@ -62,6 +62,7 @@ __all__ = [
     "DataType",
     "DeviceConfig",
     "EngineConfig",
+    "FleetConfig",
     "JournalConfig",
     "LimitsConfig",
     "LoggingConfig",

@@ -7,7 +7,6 @@ trusts them. Relative paths are resolved against the config file's directory.
 from __future__ import annotations
 
 import ipaddress
-import socket
 import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +21,8 @@ from pydantic import (
 )
 
 from agent.config._devices import DeviceConfig
-from agent.config._fields import NAME_PATTERN, ConfigPath
+from agent.config._fields import NAME_PATTERN, ConfigPath, Endpoint, split_endpoint
+from agent.config._node import FleetConfig, NodeConfig
 from agent.config._opcua import OpcuaDeviceConfig, any_device
 from agent.topics import matches
 from agent.validation import StrictModel, check_unique
@@ -38,13 +38,6 @@ def _resolve_layout_ref(ref: str, info: ValidationInfo) -> str:
 
 
 ModuleRef = Annotated[str, AfterValidator(_resolve_layout_ref)]
-
-
-class NodeConfig(StrictModel):
-    id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
-    """The node's name in MQTT topics and status; the host name unless set."""
-    state_dir: ConfigPath = Path("/var/lib/edge-agent")
-    """Where the agent keeps its store, caches and outbox."""
 
 
 class EngineConfig(StrictModel):
@@ -264,6 +257,9 @@ class MqttConfig(StrictModel):
     host: str = "localhost"
     port: int | None = Field(None, ge=1, le=65535)
     """1883, or 8883 with TLS, unless set."""
+    hosts: tuple[Endpoint, ...] = ()
+    """The nodes of a clustered broker, `host`, `host:port` or `[ipv6]:port` (the port as
+    for `host` unless given), tried in turn; excludes `host`."""
     protocol: Literal["3.1.1", "5"] = "5"
     tls: TlsConfig | None = None
     username: str | None = None
@@ -288,11 +284,18 @@ class MqttConfig(StrictModel):
     """Run the embedded broker (amqtt, MQTT 3.1.1 only) on `host`:`port`, a loopback
     address: for the demo, when no external broker is configured."""
     _password: str | None = PrivateAttr(None)
+    _endpoints: tuple[tuple[str, int], ...] = PrivateAttr(())
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
         if self.password is not None and self.password_file is not None:
             raise ValueError("set mqtt.password or mqtt.password_file, not both")
+        if self.hosts and "host" in self.model_fields_set:
+            raise ValueError("set mqtt.host (one broker) or mqtt.hosts (a cluster), not both")
+        if self.hosts and self.embedded:
+            raise ValueError("the embedded broker is one broker: mqtt.hosts needs embedded = false")
+        self._endpoints = tuple(split_endpoint(entry, self.broker_port) for entry in self.hosts)
+        check_unique((f"{h}:{p}" for h, p in self._endpoints), "mqtt.hosts: the endpoint")
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("mqtt.reconnect_max_s must be at least mqtt.reconnect_min_s")
         if self.embedded and self.protocol != "3.1.1":
@@ -311,6 +314,11 @@ class MqttConfig(StrictModel):
     @property
     def broker_port(self) -> int:
         return self.port or (8883 if self.tls is not None else 1883)
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """The brokers to connect to, in order: `hosts`, or `host` and `broker_port`."""
+        return self._endpoints or ((self.host, self.broker_port),)
 
     @property
     def secret(self) -> str | None:
@@ -386,6 +394,7 @@ class AgentConfig(StrictModel):
     outbox: OutboxConfig = OutboxConfig()
     journal: JournalConfig = JournalConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
+    fleet: FleetConfig = FleetConfig()
     devices: tuple[
         Annotated[DeviceConfig | OpcuaDeviceConfig, PlainValidator(any_device)], ...
     ] = ()

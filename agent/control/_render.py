@@ -63,7 +63,8 @@ def _mqtt(snapshot: StatusSnapshot) -> Panel:
     oldest = "-" if m.oldest_age_s is None else _duration(m.oldest_age_s)
     grid.add_row("outbox", f"{m.outbox_depth} waiting, oldest {oldest}")
     grid.add_row("dropped", str(m.dropped))
-    grid.add_row("reconnects", str(m.reconnects))
+    failovers = f" ({m.failovers} to another broker node)" if m.failovers else ""
+    grid.add_row("reconnects", f"{m.reconnects}{failovers}")
     if m.last_error:
         grid.add_row("last error", m.last_error)
     return Panel(grid, title="MQTT", title_align="left")

@@ -1,7 +1,8 @@
-"""Building aiomqtt clients from `MqttConfig`, and probing a broker with one CONNECT.
+"""Building aiomqtt clients from `MqttConfig`, and probing brokers with one CONNECT each.
 
 One place knows how the config's protocol, credentials and TLS become client
-arguments, so the link, the watcher and `edge-agent check` connect the same way.
+arguments, so the link, the watcher, the Sparkplug session and `edge-agent check`
+connect the same way.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import uuid
 from typing import Any, Self
 
 import aiomqtt
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.errors import BrokerUnreachable
+from agent.mqtt._endpoints import describe
 
 # MQTT 3.1.1 CONNACK return codes and MQTT 5 reason codes that mean "who are you?".
 _AUTH_CODES_V311 = frozenset({4, 5})
@@ -55,9 +58,18 @@ class _Client(aiomqtt.Client):
         super()._on_disconnect(*args, **kwargs)
 
 
-def new_client(config: MqttConfig, identifier: str, **extra: Any) -> aiomqtt.Client:
-    """A client for the configured broker, protocol, credentials and TLS; `extra` adds
-    aiomqtt arguments (will, session, inflight) or overrides defaults (timeout)."""
+def new_client(
+    config: MqttConfig,
+    identifier: str,
+    *,
+    endpoint: tuple[str, int] | None = None,
+    clean: bool = False,
+    **extra: Any,
+) -> aiomqtt.Client:
+    """A client for `endpoint` (the first of `config.endpoints` unless given) with the
+    configured protocol, credentials and TLS. `clean` starts without the broker's session
+    for this id, for a client whose own store is what survives it; `extra` adds aiomqtt
+    arguments (will, inflight) or overrides defaults (timeout)."""
     v5 = config.protocol == "5"
     options: dict[str, Any] = {
         "identifier": identifier,
@@ -68,18 +80,44 @@ def new_client(config: MqttConfig, identifier: str, **extra: Any) -> aiomqtt.Cli
         "tls_context": config.tls.context if config.tls is not None else None,
         "timeout": config.connect_timeout_s,
     }
+    if clean:
+        options["clean_session"] = None if v5 else True
+        options["clean_start"] = True if v5 else MQTT_CLEAN_START_FIRST_ONLY
     options.update(extra)
-    return _Client(config.host, config.broker_port, **options)
+    host, port = endpoint or config.endpoints[0]
+    return _Client(host, port, **options)
 
 
-async def probe_broker(config: MqttConfig, timeout_s: float) -> None:
-    """Connect once and disconnect; raises `BrokerUnreachable` saying how it failed.
+async def probe_brokers(
+    config: MqttConfig, timeout_s: float
+) -> list[tuple[str, BrokerUnreachable | None]]:
+    """Every endpoint at once: `host:port` and how it failed (None: it accepted)."""
+
+    async def probe(endpoint: tuple[str, int]) -> BrokerUnreachable | None:
+        try:
+            await probe_broker(config, timeout_s, endpoint=endpoint)
+        except BrokerUnreachable as err:
+            return err
+        return None
+
+    results = await asyncio.gather(*(probe(e) for e in config.endpoints))
+    return [(describe(e), r) for e, r in zip(config.endpoints, results, strict=True)]
+
+
+async def probe_broker(
+    config: MqttConfig, timeout_s: float, *, endpoint: tuple[str, int] | None = None
+) -> None:
+    """Connect once to `endpoint` (the first unless given) and disconnect; raises
+    `BrokerUnreachable` saying how it failed.
 
     The client id is a fresh one, never the node's: a broker drops the older of two
     sessions with one id, and the running agent's must survive a check.
     """
-    broker = f"{config.host}:{config.broker_port}"
-    client = new_client(config, f"edge-agent-check-{uuid.uuid4().hex[:8]}", timeout=timeout_s)
+    endpoint = endpoint or config.endpoints[0]
+    broker = describe(endpoint)
+    client = new_client(
+        config, f"edge-agent-check-{uuid.uuid4().hex[:8]}", endpoint=endpoint, timeout=timeout_s
+    )
     try:
         async with asyncio.timeout(timeout_s):
             async with client:

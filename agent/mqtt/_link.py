@@ -1,12 +1,15 @@
 """The MQTT link: one broker connection that drains the outbox and serves subscriptions.
 
 Owns the connection's lifecycle (connect, retained status and last will, reconnect with
-exponential backoff and jitter) and the order of publication: outbox messages go out
-strictly in id order, at most `max_inflight` QoS 1 messages unacknowledged, each deleted
+exponential backoff and jitter, failover between the nodes of a clustered broker as
+`_endpoints` says) and the order of publication: outbox messages go out strictly in id
+order, at most `max_inflight` QoS 1 messages unacknowledged, each deleted
 from the outbox when its PUBACK arrives (QoS 0: once written). After a reconnect it
 starts again from the oldest unacknowledged message, so a message whose PUBACK was lost
 with the connection is sent again: delivery is at least once, and a subscriber can see
 a redelivered message a second time, never out of order relative to its first delivery.
+A failover to another node of a cluster is such a reconnect: the outbox, not the broker
+session, carries the messages over, and the subscriptions are made again.
 
 Builds its client through `_client` (only this package imports aiomqtt and paho-mqtt).
 It must not decide what is published: producers put into the outbox, command handlers
@@ -27,15 +30,16 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import aiomqtt
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
 from agent._ratelimit import TokenBucket
 from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
 from agent.mqtt._client import new_client
+from agent.mqtt._endpoints import Rotation
 from agent.outbox import Message, Outbox
 from agent.status import MqttStatus
 from agent.topics import matches
@@ -43,6 +47,13 @@ from agent.topics import matches
 log = logging.getLogger(__name__)
 
 _READ_BATCH = 256
+SUBSCRIBE_QOS = 0
+"""The link's sessions are clean, so a QoS 1 subscription would buy no redelivery (what
+is in flight when a connection drops is gone with the session either way), and it costs
+a JetStream consumer per filter on a NATS cluster: after a node dies, every agent
+re-subscribing at QoS 1 queues behind its leader election. Commands are answered (a
+requester without an answer asks again) and desired state is retained, delivered again
+at every connect."""
 _SHUTDOWN_GRACE_S = 2.0
 """How long a clean stop waits for the PUBACKs of messages in flight."""
 
@@ -83,12 +94,16 @@ class MqttLink:
         self._outbox = outbox
         self._engine = engine
         self._client_id = config.client_id or node_id
+        self._rotation = Rotation(config)
         self.status_topic = f"{config.topic_prefix}/{node_id}/status"
         self._pace = (
             None if drain_rate is None else TokenBucket(drain_rate, max(1.0, drain_rate / 20))
         )
         """Bursts of up to 50 ms worth of the rate."""
         self._handlers: dict[str, Handler] = {}
+        self._refused: set[str] = set()
+        """Topic filters this session's broker refused (a SUBACK failure code)."""
+        self._refusal = asyncio.Event()
         self._client: aiomqtt.Client | None = None
         self._stop = asyncio.Event()
         self._connected = asyncio.Event()
@@ -125,12 +140,13 @@ class MqttLink:
     def status(self) -> MqttStatus:
         stats = self._outbox.stats()
         return MqttStatus(
-            broker=f"{self._config.host}:{self._config.broker_port}",
+            broker=str(self._rotation),
             connected=self._connected.is_set(),
             outbox_depth=stats.depth,
             oldest_age_s=stats.oldest_age_s,
             dropped=stats.dropped_total,
             reconnects=max(0, self._connections - 1),
+            failovers=self._rotation.failovers,
             published=self._published,
             last_error=self._last_error,
         )
@@ -145,7 +161,7 @@ class MqttLink:
         client = self._client
         if client is not None:
             try:
-                await client.subscribe(topic_filter, qos=1)
+                await self._subscribe(client, topic_filter)
             except aiomqtt.MqttError as err:
                 # The reconnect that follows subscribes again.
                 log.debug("subscribe %s failed: %s", topic_filter, err)
@@ -161,43 +177,58 @@ class MqttLink:
         properties = None
         if self._config.protocol == "5" and request.correlation_data is not None:
             properties = _properties(CorrelationData=request.correlation_data)
-        topic = request.response_topic or fallback_topic
+        await self.publish_now(
+            request.response_topic or fallback_topic, payload, properties=properties
+        )
+
+    async def publish_now(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish at QoS 1 on the current connection, past the outbox: for what is only
+        worth its latest value (answers, the node's retained report). Raises
+        MqttUnavailable when there is no connection."""
         client = self._client
         if client is None:
-            raise MqttUnavailable(f"cannot answer on {topic}: not connected to the broker")
+            raise MqttUnavailable(f"cannot publish on {topic}: not connected to the broker")
         try:
-            await client.publish(topic, payload, qos=1, properties=properties)
+            await client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         except aiomqtt.MqttError as err:
-            raise MqttUnavailable(f"cannot answer on {topic}: {err}") from err
+            raise MqttUnavailable(f"cannot publish on {topic}: {err}") from err
 
     # The connection loop
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             try:
                 await self._session()
-                attempt = 0
             except (aiomqtt.MqttError, OutboxError) as err:
                 self._last_error = str(err) or type(err).__name__
-                log.warning("MQTT %s: %s", self._broker(), self._last_error)
+                log.warning("MQTT %s: %s", self._rotation, self._last_error)
             if self._stop.is_set():
                 return
-            cap = min(self._config.reconnect_max_s, self._config.reconnect_min_s * 2**attempt)
-            attempt += 1
-            delay = cap * random.uniform(0.5, 1.0)  # jitter: nodes must not reconnect in step
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            delay = self._rotation.next()
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _session(self) -> None:
         """One connection, from CONNACK to its loss or to a clean stop."""
         async with self._new_client() as client:
-            if self._connections > 0:
-                log.info("MQTT reconnected to %s", self._broker())
+            self._rotation.connected()
+            log.info(
+                "MQTT %s to %s", "reconnected" if self._connections else "connected", self._rotation
+            )
             self._connections += 1
             await client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            for topic_filter in self._handlers:
-                await client.subscribe(topic_filter, qos=1)
+            self._refused.clear()
+            self._refusal.clear()
+            for topic_filter in list(self._handlers):
+                await self._subscribe(client, topic_filter)
             self._client = client
             self._connected.set()
             lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -205,6 +236,7 @@ class MqttLink:
                 asyncio.create_task(self._receive(client)),
                 asyncio.create_task(self._drain(client, lost)),
                 asyncio.create_task(self._stopped()),
+                asyncio.create_task(self._resubscribe(client)),
             ]
             try:
                 done, _ = await asyncio.wait([*tasks, lost], return_when=asyncio.FIRST_COMPLETED)
@@ -234,16 +266,40 @@ class MqttLink:
     async def _stopped(self) -> None:
         await self._stop.wait()
 
+    async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
+        granted = await client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
+        if not any(_is_failure(code) for code in granted):
+            self._refused.discard(topic_filter)
+            return
+        if topic_filter not in self._refused:
+            log.warning(
+                "MQTT %s refused the subscription to %s; asking again", self._rotation, topic_filter
+            )
+        self._refused.add(topic_filter)
+        self._refusal.set()
+
+    async def _resubscribe(self, client: aiomqtt.Client) -> None:
+        """Ask again, with backoff, for what the broker refused: a broker may refuse for a
+        while (NATS while JetStream elects the leaders a lost node held), and the
+        session's data must flow meanwhile, so the session goes on."""
+        while True:
+            await self._refusal.wait()
+            delay = self._config.reconnect_min_s
+            while self._refused:
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                for topic_filter in list(self._refused):
+                    await self._subscribe(client, topic_filter)
+                delay = min(self._config.reconnect_max_s, 2 * delay)
+            self._refusal.clear()
+
     def _new_client(self) -> aiomqtt.Client:
         config = self._config
-        v5 = config.protocol == "5"
         client = new_client(
             config,
             self._client_id,
+            endpoint=self._rotation.current,
             will=aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True),
-            # The outbox, not the broker session, is what survives us: start clean.
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            clean=True,  # the outbox, not the broker session, is what survives us
             max_inflight_messages=config.max_inflight,
         )
         client.pending_calls_threshold = config.max_inflight + 16
@@ -252,9 +308,6 @@ class MqttLink:
     def _status(self, state: str) -> bytes:
         doc = {"state": state, "version": __version__, "engine": self._engine, "ts": time.time()}
         return json.dumps(doc, separators=(",", ":")).encode()
-
-    def _broker(self) -> str:
-        return f"{self._config.host}:{self._config.broker_port}"
 
     # Publishing
 
@@ -323,6 +376,11 @@ class MqttLink:
             await handler(incoming)
         except Exception:
             log.exception("handler for %s failed on %s", topic_filter, incoming.topic)
+
+
+def _is_failure(code: int | ReasonCode) -> bool:
+    """A SUBACK failure: 0x80 in MQTT 3.1.1, a reason code of 0x80 or more in MQTT 5."""
+    return code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
 
 
 def _properties(**values: object) -> Properties:

@@ -11,21 +11,25 @@ import aiomqtt
 
 from agent.config import MqttConfig
 from agent.mqtt._client import new_client
+from agent.mqtt._endpoints import Rotation
 
 log = logging.getLogger(__name__)
 
 
 async def watch(config: MqttConfig, topic_filter: str) -> AsyncIterator[tuple[str, bytes]]:
     """Yield `(topic, payload)` for every message on `topic_filter`, reconnecting as
-    needed (a subscriber may start before its broker)."""
+    needed, to the next of `mqtt.hosts` (a subscriber may start before its broker)."""
+    rotation = Rotation(config)
+    identifier = f"edge-agent-watch-{uuid.uuid4().hex[:8]}"
     while True:
         try:
-            async with new_client(config, f"edge-agent-watch-{uuid.uuid4().hex[:8]}") as client:
+            async with new_client(config, identifier, endpoint=rotation.current) as client:
+                rotation.connected()
                 await client.subscribe(topic_filter, qos=1)
                 async for message in client.messages:
                     payload = message.payload
                     data = payload if isinstance(payload, bytes) else str(payload).encode()
                     yield str(message.topic), data
         except aiomqtt.MqttError as err:
-            log.debug("watch %s: %s; reconnecting", topic_filter, err)
-            await asyncio.sleep(0.5)
+            log.debug("watch %s on %s: %s; reconnecting", topic_filter, rotation, err)
+        await asyncio.sleep(rotation.next())

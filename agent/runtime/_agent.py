@@ -1,9 +1,10 @@
 """The running agent: one supervisor that owns every part, their order and their end.
 
 Start: engine, embedded broker (if configured), outbox, MQTT link, modules (the supply
-and the pipeline), devices, then the control socket, metrics and commands; READY to
-systemd. Stop, in reverse: devices finish their poll, modules their queue, the link
-publishes `offline` and leaves the outbox on disk, the engine closes last.
+and the pipeline), devices, then the control socket, metrics, commands and the fleet
+(desired state, the retained report); READY to systemd. Stop, in reverse: devices
+finish their poll, modules their queue, the link publishes `offline` and leaves the
+outbox on disk, the engine closes last.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from agent.modbus import OnReading
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink
 from agent.outbox import Outbox, OutboxLimits
 from agent.runtime._commands import register_commands
+from agent.runtime._desired import DesiredFollower
 from agent.runtime._devices import Devices
+from agent.runtime._report import Reporter
 from agent.runtime._tasks import Background
 from agent.runtime._versions import ModuleVersions
 from agent.status import AgentStatus, EngineStatus, StatusSnapshot
@@ -63,6 +66,7 @@ class Agent:
         self._versions: ModuleVersions | None = None
         self._devices: Devices | None = None
         self._sparkplug: SparkplugNode | None = None
+        self._follower: DesiredFollower | None = None
 
     @property
     def versions(self) -> ModuleVersions:
@@ -93,6 +97,7 @@ class Agent:
             devices = await self._start_devices(stack, journal)
             await self._serve_status(stack)
             await self._serve_commands(link, devices)
+            await self._join_fleet(link)
             self._announce(stack)
             await self._wait_for_stop(stop)
             self._notifier.stopping("finishing the current polls and module queues")
@@ -166,7 +171,15 @@ class Agent:
         self, stack: contextlib.AsyncExitStack, outbox: Outbox, journal: Journal
     ) -> None:
         sink = outbox if self._sparkplug is None else self._sparkplug.tap(outbox)
-        versions = ModuleVersions(self.config, self._engine_or_fail(), sink, journal)
+        if self.config.fleet.follow_desired:
+            self._follower = DesiredFollower(self.config)
+        versions = ModuleVersions(
+            self.config,
+            self._engine_or_fail(),
+            sink,
+            journal,
+            configs=self._follower.configs() if self._follower is not None else None,
+        )
         self._versions = await stack.enter_async_context(versions)
 
     async def _start_devices(self, stack: contextlib.AsyncExitStack, journal: Journal) -> Devices:
@@ -214,6 +227,21 @@ class Agent:
 
         for topic_filter in router.subscriptions():
             await link.subscribe(topic_filter, on_message)
+
+    async def _join_fleet(self, link: MqttLink) -> None:
+        """Follow the desired state of the node and its groups; publish the report."""
+        versions = self.versions
+        follower = self._follower
+        if follower is not None:
+
+            async def on_desired(message: Incoming) -> None:
+                await follower.on_message(message.topic, message.payload)
+
+            for topic in follower.topics():
+                await link.subscribe(topic, on_desired)
+            self._background.spawn(follower.run(versions), "desired state")
+        reporter = Reporter(self.config, link, self.snapshot, versions, follower)
+        self._background.spawn(reporter.run(), "fleet report")
 
     def _reload_after_reply(self, config: AgentConfig) -> None:
         """`config.reload`: the agent stops once the command is answered."""

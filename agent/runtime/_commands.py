@@ -41,7 +41,12 @@ def register_commands(
 ) -> CommandRouter:
     """The command table of one running agent; `on_reload` gets a re-read, valid config."""
     supply = versions.supply
-    router = CommandRouter(config.commands, prefix=config.mqtt.topic_prefix, node_id=config.node.id)
+    router = CommandRouter(
+        config.commands,
+        prefix=config.mqtt.topic_prefix,
+        node_id=config.node.id,
+        groups=config.node.groups,
+    )
 
     async def deploy(args: DeployArgs) -> dict[str, Any]:
         installed = await supply.deploy(

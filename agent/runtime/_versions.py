@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from agent.config import AgentConfig, ModuleConfig
 from agent.errors import (
@@ -54,8 +55,18 @@ class ModuleVersions:
     calls back through `smoke_test`, `activate` and `stop` (its `ModuleRunner`).
     """
 
-    def __init__(self, config: AgentConfig, engine: Engine, sink: Sink, journal: Journal) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        engine: Engine,
+        sink: Sink,
+        journal: Journal,
+        *,
+        configs: dict[str, dict[str, Any]] | None = None,
+    ) -> None:
         self._config = config
+        self._configs = dict(configs or {})
+        """Module configs from desired state: they replace the config file's table."""
         self._engine = engine
         self.pipeline = Pipeline(
             sink,
@@ -113,6 +124,32 @@ class ModuleVersions:
     def models(self) -> tuple[ModelStatus, ...]:
         return tuple(self._models.values())
 
+    def configured(self, name: str) -> dict[str, Any] | None:
+        """The config desired state gave `name`, if any."""
+        return self._configs.get(name)
+
+    async def set_config(
+        self, name: str, settings: dict[str, Any] | None, *, restart: bool = True
+    ) -> None:
+        """Desired state's `config` for `name` (None: the config file's table again), used
+        from the next start of the module; `restart` starts it again now if it runs."""
+        if self._configs.get(name) == settings:
+            return
+        if settings is None:
+            del self._configs[name]
+        else:
+            self._configs[name] = settings
+        if restart:
+            await self.restart(name)
+
+    async def restart(self, name: str) -> None:
+        """Start the running version of `name` again (with its current config), between
+        two readings; nothing when it does not run."""
+        installed = self.supply.active(name)
+        if installed is not None and self.pipeline.host(name) is not None:
+            self._prepared.pop(installed.digest, None)
+            await self.activate(installed)
+
     # The supply's ModuleRunner
 
     async def smoke_test(self, installed: InstalledModule) -> None:
@@ -159,11 +196,10 @@ class ModuleVersions:
         longer than `STARTUP_DEPLOY_S`; a module that is already active keeps running
         while its update is fetched (offline, the node runs what it has)."""
         config = self._config
-        by_name = {m.name: m for m in config.modules}
         for state in self.supply.modules():
             installed = self.supply.active(state.name)
             if installed is not None:
-                await self._start(spec_from_installed(config, installed, by_name.get(state.name)))
+                await self._start(spec_from_installed(config, installed, self._node(state.name)))
         for module in config.modules:
             if module.path is None:
                 continue
@@ -220,13 +256,22 @@ class ModuleVersions:
         for the smoke test, and the activation that follows reuses them."""
         prepared = self._prepared.get(installed.digest)
         if prepared is None:
-            node = next((m for m in self._config.modules if m.name == installed.name), None)
-            spec = spec_from_installed(self._config, installed, node)
+            spec = spec_from_installed(self._config, installed, self._node(installed.name))
             prepared = self._prepared[installed.digest] = (
                 spec,
                 reactor_factory(self._engine, spec),
             )
         return prepared
+
+    def _node(self, name: str) -> ModuleConfig | None:
+        """The config file's entry for `name`, with desired state's config if any."""
+        node = next((m for m in self._config.modules if m.name == name), None)
+        settings = self._configs.get(name)
+        if settings is None:
+            return node
+        if node is None:
+            return ModuleConfig.model_construct(name=name, config=settings)
+        return node.model_copy(update={"config": settings})
 
     async def _record(self, host: ModuleHost, err: ModuleError | None) -> None:
         if self._supply is None or host.name in self._unsigned:

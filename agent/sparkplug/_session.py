@@ -15,9 +15,11 @@ other DDATA is dropped). What was stored after the marker goes out as it is, wit
 next seq. An NDATA with a metric the last NBIRTH did not have (a new module output)
 first gets births that have it.
 
-The one module of this package that imports aiomqtt, through `agent.mqtt.new_client`, so
-that it connects with the JSON link's broker, credentials and TLS. It must not decide
-what is published: the node produces, this sends.
+The one module of this package that connects, through `agent.mqtt.new_client`, so that
+it connects with the JSON link's broker, credentials and TLS, and fails over between
+`mqtt.hosts` as the link does (`Rotation`); a new node of the cluster is a new session,
+with its own bdSeq and births. It must not decide what is published: the node
+produces, this sends.
 """
 
 from __future__ import annotations
@@ -26,19 +28,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 
-import aiomqtt
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
-
 from agent._atomic import write_bytes
 from agent.config import MqttConfig, SparkplugConfig
 from agent.errors import OutboxError
-from agent.mqtt import new_client
+from agent.mqtt import Client, MqttError, Rotation, Will, new_client
 from agent.outbox import Message, Outbox
 from agent.sparkplug._payload import (
     MetricDef,
@@ -109,6 +107,7 @@ class Session:
         self.topic = f"{NAMESPACE}/{config.group_id}/{{}}/{edge_node_id}"
         """The node's topics, with `{}` for the message type."""
         self._client_id = f"{mqtt.client_id or edge_node_id}-sparkplug"
+        self._rotation = Rotation(mqtt)
         self._state_topic = (
             None
             if config.primary_host_id is None
@@ -162,38 +161,36 @@ class Session:
     # The connection loop
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._stop.is_set():
             try:
-                if await self._session():
-                    attempt = 0
-            except (aiomqtt.MqttError, OutboxError) as err:
+                await self._session()
+            except (MqttError, OutboxError) as err:
                 self.last_error = str(err) or type(err).__name__
-                log.warning("Sparkplug session: %s", self.last_error)
+                log.warning("Sparkplug session on %s: %s", self._rotation, self.last_error)
             finally:
                 self.connected = False
             if self._stop.is_set():
                 return
-            cap = min(self._mqtt.reconnect_max_s, self._mqtt.reconnect_min_s * 2**attempt)
-            attempt += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), cap * random.uniform(0.5, 1.0))
+            delay = self._rotation.next()
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
 
-    async def _session(self) -> bool:
-        """One connection; True when it got as far as its births."""
+    async def _session(self) -> None:
+        """One connection, from CONNACK to its loss or to a clean stop."""
         bdseq = self._bdseq.current()
         ndeath = (self.topic.format("NDEATH"), node_death(bdseq, time.time()))
-        v5 = self._mqtt.protocol == "5"
         client = new_client(
             self._mqtt,
             self._client_id,
-            will=aiomqtt.Will(*ndeath, qos=1, retain=False),
-            clean_session=None if v5 else True,
-            clean_start=True if v5 else MQTT_CLEAN_START_FIRST_ONLY,
+            endpoint=self._rotation.current,
+            will=Will(*ndeath, qos=1, retain=False),
+            clean=True,
         )
         self._host_online.clear()
         self._host_gone.clear()
         async with client:
+            self._rotation.connected()
             self.connected = True
             self._bdseq.advance()  # the next connection's NDEATH must not match this birth
             await client.subscribe(self.topic.format("NCMD"), qos=1)
@@ -222,9 +219,8 @@ class Session:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-        return bool(self._token)
 
-    async def _serve(self, client: aiomqtt.Client, bdseq: int) -> None:
+    async def _serve(self, client: Client, bdseq: int) -> None:
         """Births once the primary host is online, then the stored messages in order;
         births again on a Rebirth command."""
         self._token, self._bdseq_now = b"", bdseq
@@ -252,7 +248,7 @@ class Session:
                 read.cancel()
         return read.result() if read.done() and not read.cancelled() else []
 
-    async def _send_births(self, client: aiomqtt.Client, bdseq: int) -> None:
+    async def _send_births(self, client: Client, bdseq: int) -> None:
         self._rebirth.clear()
         # The snapshot and the marker in one step: no device changes between them.
         node, births = self._births_of()
@@ -270,7 +266,7 @@ class Session:
         self.births += 1
         log.info("Sparkplug births sent: bdSeq %d, %d devices", bdseq, len(births))
 
-    async def _send_stored(self, client: aiomqtt.Client, message: Message) -> None:
+    async def _send_stored(self, client: Client, message: Message) -> None:
         if message.topic == MARK:
             self._live = self._live or message.payload == self._token
             self._outbox.ack(message)
@@ -300,7 +296,7 @@ class Session:
 
     # Receiving
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: Client) -> None:
         async for message in client.messages:
             topic = message.topic.value
             raw = message.payload

@@ -1,0 +1,239 @@
+"""Following desired state: the node's and its groups' retained documents, converged on.
+
+Each document arriving (at every connect, since they are retained, and at every change)
+is checked (`agent.fleet.parse_desired`: shape, signature, revision not older than the
+last one applied on its topic); a refused one is named in the report and the last good
+one of its topic still holds, so the running modules stay as they are. The layers are
+merged and each wanted module goes through the supply's verified deploy, one at a time.
+Desired state may name an older version: documents are ordered by revision, and a
+rollout rolls back that way.
+
+What was decided per module (converged, failed, rolled back) is kept in
+`desired.json` in the state dir with the revisions, so a restart neither retries a
+version that failed nor takes an old document again. A failed or rolled-back entry is
+not tried again until it changes: a version that traps must not be deployed in a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent._atomic import write_bytes
+from agent._json import parse_json
+from agent.commands import CommandVerifier, load_public_keys
+from agent.config import AgentConfig
+from agent.errors import AgentError, DesiredStateError, RegistryUnavailable
+from agent.fleet import DesiredDocument, ReportWanted, Wanted, desired_topic, merge, parse_desired
+from agent.runtime._versions import ModuleVersions
+
+log = logging.getLogger(__name__)
+
+_RETRY_MIN_S = 2.0
+_RETRY_MAX_S = 60.0
+"""Backoff of a module whose registry was unreachable (the supply retries on its own too)."""
+
+
+@dataclass
+class Outcome:
+    entry: dict[str, Any]
+    """The desired entry this is the outcome of (name, ref, digest, config)."""
+    state: str
+    """`pending`, `converged`, `failed`, `rolled-back` or `superseded`."""
+    digest: str | None = None
+    reason: str | None = None
+
+
+class DesiredFollower:
+    """Converges the node on its merged desired state; `run(versions)` until cancelled."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        prefix, node = config.mqtt.topic_prefix, config.node.id
+        self._layers = [
+            *((f"group:{g}", desired_topic(prefix, group=g)) for g in config.node.groups),
+            ("node", desired_topic(prefix, node=node)),
+        ]
+        commands = config.commands
+        self._verifier = (
+            CommandVerifier(load_public_keys(commands.trusted_keys), commands.max_skew_s)
+            if commands.require_signature
+            else None
+        )
+        self._path = config.node.state_dir / "desired.json"
+        self._revisions: dict[str, int] = {}
+        self._outcomes: dict[str, Outcome] = {}
+        self._load()
+        self._documents: dict[str, DesiredDocument] = {}
+        self._errors: dict[str, str] = {}
+        self._wanted: dict[str, Wanted] = {}
+        self._wake = asyncio.Event()
+        self._retries = 0
+
+    def topics(self) -> list[str]:
+        return [topic for _, topic in self._layers]
+
+    def configs(self) -> dict[str, dict[str, Any]]:
+        """Module configs of the entries converged on: the modules start with them."""
+        return {
+            name: outcome.entry["config"]
+            for name, outcome in self._outcomes.items()
+            if outcome.state == "converged" and outcome.entry.get("config") is not None
+        }
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            document = parse_desired(topic, payload, self._verifier)
+            if document is not None:
+                self._check_revision(topic, document)
+        except DesiredStateError as err:
+            log.warning("desired state refused: %s", err)
+            self._errors[topic] = str(err)
+            return
+        self._errors.pop(topic, None)
+        if document is None:
+            self._documents.pop(topic, None)
+        else:
+            self._documents[topic] = document
+            if self._revisions.get(topic) != document.revision:
+                self._revisions[topic] = document.revision
+                self._save()
+        self._wake.set()
+
+    def _check_revision(self, topic: str, document: DesiredDocument) -> None:
+        applied = self._revisions.get(topic)
+        if applied is not None and document.revision < applied:
+            raise DesiredStateError(
+                f"{topic}: revision {document.revision} is older than revision {applied} "
+                "already applied; publish a newer revision"
+            )
+
+    async def run(self, versions: ModuleVersions) -> None:
+        while True:
+            if self._pending():
+                delay = min(_RETRY_MAX_S, _RETRY_MIN_S * 2**self._retries)
+                self._retries += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            else:
+                self._retries = 0
+                await self._wake.wait()
+            self._wake.clear()
+            layers = [
+                (source, document)
+                for source, topic in self._layers
+                if (document := self._documents.get(topic)) is not None
+            ]
+            self._wanted = merge(layers)
+            for wanted in self._wanted.values():
+                await self._converge(versions, wanted)
+
+    def _pending(self) -> bool:
+        return any(o.state == "pending" for o in self._outcomes.values())
+
+    async def _converge(self, versions: ModuleVersions, wanted: Wanted) -> None:
+        module = wanted.module
+        name = module.name
+        entry = module.model_dump(mode="json")
+        supply = versions.supply
+        outcome = self._outcomes.get(name)
+        if outcome is not None and outcome.entry == entry:
+            if outcome.state in ("failed", "rolled-back", "superseded"):
+                return
+            active = supply.active(name)
+            if (
+                outcome.state == "converged"
+                and active is not None
+                and active.digest == outcome.digest
+            ):
+                return
+        before = supply.active(name)
+        reconfigured = versions.configured(name) != module.config
+        self._decide(name, Outcome(entry, "pending"))
+        await versions.set_config(name, module.config, restart=False)
+        try:
+            installed = await supply.deploy(module.ref, digest=module.digest, allow_downgrade=True)
+        except RegistryUnavailable as err:
+            self._decide(name, Outcome(entry, "pending", reason=str(err)))
+            return
+        except AgentError as err:
+            self._decide(name, Outcome(entry, "failed", reason=str(err)))
+            return
+        if installed.name != name:
+            reason = f"{module.ref} is a package of module {installed.name!r}, not {name!r}"
+            self._decide(name, Outcome(entry, "failed", reason=reason))
+            return
+        if reconfigured and before is not None and before.digest == installed.digest:
+            await versions.restart(name)  # the same version, with its new config
+        self._decide(name, Outcome(entry, "converged", digest=installed.digest))
+
+    def refresh(self, versions: ModuleVersions) -> None:
+        """Notice a converged version that no longer runs: the rollout guard took it back
+        (`rolled-back`), or a command replaced or removed it (`superseded`). Neither is
+        undone until the entry changes: the guard had its reasons, the operator too."""
+        for name, outcome in self._outcomes.items():
+            if outcome.state != "converged":
+                continue
+            active = versions.supply.active(name)
+            if active is not None and active.digest == outcome.digest:
+                continue
+            state = next((m for m in versions.supply.modules() if m.name == name), None)
+            if state is not None and state.status == "rolled-back":
+                decided = Outcome(outcome.entry, "rolled-back", outcome.digest, state.reason)
+            else:
+                running = f"runs {active.version} ({active.digest})" if active else "removed"
+                reason = f"changed outside desired state: {running}"
+                decided = Outcome(outcome.entry, "superseded", outcome.digest, reason)
+            self._decide(name, decided)
+
+    def report(self) -> tuple[ReportWanted, ...]:
+        rows = []
+        for name, wanted in sorted(self._wanted.items()):
+            entry = wanted.module.model_dump(mode="json")
+            outcome = self._outcomes.get(name)
+            if outcome is None or outcome.entry != entry:
+                outcome = Outcome(entry, "pending")
+            rows.append(
+                ReportWanted(
+                    name=name,
+                    ref=wanted.module.ref,
+                    digest=wanted.module.digest,
+                    source=wanted.source,
+                    state=outcome.state,
+                    reason=outcome.reason,
+                )
+            )
+        return tuple(rows)
+
+    def errors(self) -> tuple[str, ...]:
+        return tuple(self._errors[topic] for topic in sorted(self._errors))
+
+    def _decide(self, name: str, outcome: Outcome) -> None:
+        if outcome.state in ("failed", "rolled-back", "superseded"):
+            log.warning("desired module %s %s: %s", name, outcome.state, outcome.reason)
+        elif outcome.state == "converged":
+            log.info("desired module %s converged on %s", name, outcome.digest)
+        self._outcomes[name] = outcome
+        self._save()
+
+    def _load(self) -> None:
+        try:
+            saved = parse_json(self._path.read_bytes())
+            self._revisions = {str(t): int(r) for t, r in saved["revisions"].items()}
+            self._outcomes = {str(n): Outcome(**o) for n, o in saved["outcomes"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            # Losing it costs one deploy per wanted module (a no-op when it runs already).
+            log.warning("%s unreadable, starting afresh: %s", self._path, err)
+            self._revisions, self._outcomes = {}, {}
+
+    def _save(self) -> None:
+        saved = {
+            "revisions": self._revisions,
+            "outcomes": {name: asdict(o) for name, o in self._outcomes.items()},
+        }
+        write_bytes(self._path, json.dumps(saved, sort_keys=True).encode())
