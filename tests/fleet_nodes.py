@@ -164,24 +164,18 @@ class Fleet:
         return (self.root / node / "agent.log").read_text(errors="replace")
 
 
+def _fleet_argv(args: tuple[str, ...], endpoints: list[str]) -> list[str]:
+    """`edge-agent fleet` as an operator runs it, against the same brokers."""
+    brokers = [a for e in endpoints for a in ("--broker", e)]
+    return [sys.executable, "-m", "agent", "fleet", *brokers, "--protocol", "3.1.1",
+            "--timeout", "30", *args]  # fmt: skip
+
+
 def fleet_command(
     *args: str, endpoints: list[str], timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """`edge-agent fleet` as an operator runs it, against the same brokers."""
-    brokers = [a for e in endpoints for a in ("--broker", e)]
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "agent",
-            "fleet",
-            *brokers,
-            "--protocol",
-            "3.1.1",
-            "--timeout",
-            "30",
-            *args,
-        ],
+        _fleet_argv(args, endpoints),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -192,14 +186,12 @@ def fleet_command(
 
 
 async def fleet_command_async(*args: str, endpoints: list[str]) -> asyncio.subprocess.Process:
-    brokers = [a for e in endpoints for a in ("--broker", e)]
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "fleet", *brokers, "--protocol", "3.1.1",
-        "--timeout", "30", *args,
+        *_fleet_argv(args, endpoints),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
-    )  # fmt: skip
+    )
 
 
 class Observer:

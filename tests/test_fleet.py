@@ -15,8 +15,10 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import aiomqtt
 import pytest
 
+from agent.fleet import desired_topic
 from tests.brokers import until
 from tests.cluster import NatsCluster
 from tests.fleet_nodes import Fleet, Observer, Pump, fleet_command, fleet_command_async
@@ -215,11 +217,8 @@ def test_bad_input_is_named_and_changes_nothing(site: Site) -> None:
     # A malformed document for the group: every node names it, and runs what it ran.
     code, out = site.fleet_cli("desired", "show", "--group", GROUP)
     assert code == 0, out
-    from agent.fleet import desired_topic  # noqa: PLC0415
 
     async def publish_bad() -> None:
-        import aiomqtt  # noqa: PLC0415
-
         host, port = site.cluster.endpoints[2].rsplit(":", 1)
         async with aiomqtt.Client(host, int(port), protocol=aiomqtt.ProtocolVersion.V311) as client:
             await client.publish(

@@ -28,7 +28,7 @@ from agent.config._models import (
     TlsConfig,
     WasiConfig,
 )
-from agent.config._node import FleetConfig, NodeConfig
+from agent.config._node import RESERVED_NODE_IDS, FleetConfig, NodeConfig
 from agent.config._opcua import (
     NodeMap,
     NodeSpec,
@@ -54,6 +54,7 @@ __all__ = [
     "BIT_TABLES",
     "NAME_PATTERN",
     "NUMERIC_TYPES",
+    "RESERVED_NODE_IDS",
     "AgentConfig",
     "ByteOrder",
     "CommandsConfig",

@@ -11,7 +11,8 @@ from pydantic import Field, field_validator
 from agent.config._fields import NAME_PATTERN, ConfigPath
 from agent.validation import StrictModel, check_unique
 
-_RESERVED_NODE_IDS = frozenset({"group", "fleet"})
+RESERVED_NODE_IDS = frozenset({"group", "fleet"})
+"""Node ids that would collide with the fleet's own topics under the prefix."""
 
 
 class NodeConfig(StrictModel):
@@ -26,7 +27,7 @@ class NodeConfig(StrictModel):
     @field_validator("id")
     @classmethod
     def _not_reserved(cls, node_id: str) -> str:
-        if node_id in _RESERVED_NODE_IDS:
+        if node_id in RESERVED_NODE_IDS:
             raise ValueError(
                 f"{node_id!r} is a level of the fleet's own topics (<prefix>/{node_id}/...); "
                 "choose another node id"

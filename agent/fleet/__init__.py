@@ -9,7 +9,6 @@ operator's side (`edge-agent fleet`) here: `FleetView` reads the retained state,
 from agent.fleet._cli import add_fleet_command
 from agent.fleet._documents import (
     MAX_DOCUMENT_BYTES,
-    RESERVED_NODE_IDS,
     DesiredDocument,
     DesiredModule,
     Report,
@@ -19,7 +18,6 @@ from agent.fleet._documents import (
     Wanted,
     desired_payload,
     desired_topic,
-    group_command_root,
     merge,
     parse_desired,
     parse_report,
@@ -36,7 +34,6 @@ from agent.fleet._waves import module_name, parse_waves, repository, wave_sizes
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
-    "RESERVED_NODE_IDS",
     "DesiredDocument",
     "DesiredModule",
     "Edit",
@@ -56,7 +53,6 @@ __all__ = [
     "desired_payload",
     "desired_topic",
     "drive",
-    "group_command_root",
     "merge",
     "module_name",
     "parse_desired",

@@ -40,8 +40,6 @@ MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_MODULES = 64
 MAX_REVISION = 2**53
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
-RESERVED_NODE_IDS = frozenset({"group", "fleet"})
-"""Node ids that would collide with the fleet's own topics under the prefix."""
 
 
 def desired_topic(prefix: str, *, node: str | None = None, group: str | None = None) -> str:
@@ -62,10 +60,6 @@ def status_topic(prefix: str, node: str) -> str:
 
 def rollout_topic(prefix: str, group: str) -> str:
     return f"{prefix}/group/{group}/rollout"
-
-
-def group_command_root(prefix: str, group: str) -> str:
-    return f"{prefix}/group/{group}/cmd/"
 
 
 class DesiredModule(StrictModel):

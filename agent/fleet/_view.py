@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent._json import parse_json
+from agent.config import RESERVED_NODE_IDS
 from agent.errors import DesiredStateError
 from agent.fleet._documents import (
-    RESERVED_NODE_IDS,
     DesiredDocument,
     Report,
     parse_desired,
