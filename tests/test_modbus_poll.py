@@ -29,6 +29,7 @@ from agent.errors import (
 )
 from agent.modbus import DevicePool
 from agent.modbus._link import Link
+from agent.modbus._pool import _Device
 from agent.reading import Reading
 from agent.sim import DeviceImage, PumpDevice, PumpModel, SimServer
 from tests._registers import image
@@ -285,6 +286,28 @@ def test_simulated_pump_reads_as_a_pump() -> None:
         assert merged["alarm"] is False
 
     run(scenario)
+
+
+def test_a_partly_answered_poll_brings_an_offline_device_back_online(
+    map_file: Callable[[float], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device healed between two reads of one poll answers that poll in part: it is
+    back online, and says so (CI once missed the line when the heal fell mid-poll)."""
+    caplog.set_level(logging.INFO, "agent.modbus")
+    config = device("d", 1502, map_file(1.0))
+    failure = ModbusExceptionResponse("d", 4)
+
+    async def scenario() -> None:
+        unit = _Device(config, Link(config.connection), Collector())  # never connected
+        unit._account([failure, failure], requests=2, started=1.0)
+        assert unit.state == "offline"
+        unit._account([failure], requests=2, started=2.0)
+        assert unit.state == "online"
+
+    run(scenario)
+    assert [r.getMessage() for r in caplog.records if "back online" in r.getMessage()] == [
+        "device d is back online"
+    ]
 
 
 FAULTS: dict[str, Callable[[DeviceImage, SimServer], Awaitable[None]]] = {}

@@ -175,13 +175,14 @@ class _Device:
         if started < self._decided_at:
             return
         self._decided_at = started
+        answered = not errors or (len(errors) < requests and not _unanswered(errors[-1]))
+        if answered and self.state == "offline":
+            log.info("device %s is back online", self.name)
         if not errors:
-            if self.state == "offline":
-                log.info("device %s is back online", self.name)
             self.state = "online"
             self._warned.clear()
             return
-        if len(errors) < requests and not _unanswered(errors[-1]):
+        if answered:
             self.state = "online"
             reason = errors[-1].reason
             if reason not in self._warned:
