@@ -1,5 +1,6 @@
 """Real MQTT peers for tests: mosquitto on a free loopback port, mosquitto_sub as the
-independent subscriber, and a generated CA with server and client certificates.
+independent subscriber, a generated CA with server and client certificates, and a broker
+that refuses subscriptions.
 
 A pytest plugin (`pytest_plugins` in conftest): the `mosquitto` fixture is a running
 broker with persistence, so a stopped and restarted broker keeps its sessions.
@@ -8,6 +9,7 @@ broker with persistence, so a stopped and restarted broker keeps its sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import functools
 import ipaddress
@@ -18,7 +20,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,6 +214,35 @@ async def until(condition: Callable[[], bool], seconds: float = 20) -> None:
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 (no event exists across processes)
             await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def refusing_broker(allowed: list[str]) -> AsyncIterator[int]:
+    """amqtt on a free loopback port, its port yielded, whose SUBACK refuses (0x80) every
+    filter outside `allowed`; mosquitto 2.0 grants what its ACL denies and never says so."""
+    from amqtt.broker import Broker  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    port = free_port()
+    with warnings.catch_warnings():
+        # amqtt 0.12 takes its subscribe ACL from `acl` only, and warns that it is deprecated.
+        warnings.filterwarnings("ignore", "The 'acl' option is deprecated", DeprecationWarning)
+        broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                "plugins": {
+                    "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+                    "amqtt.plugins.topic_checking.TopicAccessControlListPlugin": {
+                        "acl": {"anonymous": allowed},
+                        "publish_acl": {"anonymous": ["#"]},
+                    },
+                },
+            }
+        )
+    await broker.start()
+    try:
+        yield port
+    finally:
+        await broker.shutdown()
 
 
 def make_pki(directory: Path) -> Pki:

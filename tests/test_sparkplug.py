@@ -23,13 +23,15 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from agent.config import load_config
+from agent.config import MqttConfig, load_config
 from agent.control import fetch_status
+from agent.errors import AgentError
 from agent.journal import Journal
+from agent.mqtt import watch as mqtt_watch
 from agent.reading import Reading, Value
 from agent.sim import DeviceImage, SimServer
 from agent.sparkplug import CONSUMER, datatype_of
-from tests.brokers import Mosquitto, Subscriber, free_port, until
+from tests.brokers import Mosquitto, Subscriber, free_port, refusing_broker, until
 from tests.conftest import REPO
 
 GROUP = "plant"
@@ -423,6 +425,54 @@ def test_the_session_fails_over_to_the_next_of_mqtt_hosts(
     assert [metric(p, "bdSeq").long_value for p in births] == [0, 1]
     kinds = [t.split("/")[2] for t, _ in on_second]
     assert kinds[:3] == ["NBIRTH", "DBIRTH", "DDATA"]
+
+
+def test_a_refused_subscription_is_named_in_status_and_no_birth_is_sent(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A broker that refuses the DCMD subscription (an ACL) would leave the node deaf to
+    commands without a word: the session ends, names the filter in status, and tries
+    again later; no births go out meanwhile."""
+    dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/+"
+    node = make_node(tmp_path, mosquitto)
+    socket = load_config(node.config).control.socket
+
+    async def scenario() -> tuple[str | None, list[str]]:
+        error: str | None = None
+        seen: list[str] = []
+        nbirth = f"spBv1.0/{GROUP}/NBIRTH/#"
+        async with refusing_broker(["edge/#", nbirth, f"spBv1.0/{GROUP}/NCMD/#"]) as port:
+            mqtt = f'host = "127.0.0.1"\nport = {mosquitto.port}'
+            amqtt = f'host = "127.0.0.1"\nport = {port}\nprotocol = "3.1.1"'
+            node.config.write_text(node.config.read_text().replace(mqtt, amqtt))
+
+            async def watch(topic_filter: str) -> None:
+                config = MqttConfig(port=port, protocol="3.1.1")
+                async for topic, _ in mqtt_watch(config, topic_filter):
+                    seen.append(topic)
+
+            watchers = [asyncio.create_task(watch(f)) for f in ("edge/#", nbirth)]
+            async with SimServer({1: node.image}, port=node.device_port):
+                agent = node.start()
+                try:
+                    deadline = time.monotonic() + 30
+                    while error is None and time.monotonic() < deadline:
+                        await asyncio.sleep(0.2)
+                        with contextlib.suppress(AgentError):
+                            status = await asyncio.to_thread(fetch_status, socket)
+                            error = status.sparkplug and status.sparkplug.last_error
+                finally:
+                    agent.send_signal(signal.SIGTERM)
+                    assert await asyncio.to_thread(agent.wait, 30) == 0
+                    for watcher in watchers:
+                        watcher.cancel()
+                    await asyncio.gather(*watchers, return_exceptions=True)
+        return error, seen
+
+    error, seen = asyncio.run(scenario())
+    assert error == f"the broker refused the subscription to {dcmd}"
+    assert seen  # the watchers were subscribed: the agent's own data went out
+    assert not [t for t in seen if t.startswith("spBv1.0/")]
 
 
 def test_readings_journaled_but_not_yet_taken_go_out_as_historical_ddata(

@@ -3,7 +3,9 @@ every change, its document written before the edits it asks for are published.
 
 The driver proves it is alive with a heartbeat in the rollout document. It stops, and
 publishes nothing more, when a newer driver's lease appears there (`resume --force`,
-`abort`): the newest takeover wins, so an abort always does.
+`abort`): the newest takeover wins, so an abort always does. The older driver's last
+document can still be on its way when the newer one ends, so a driver that took over
+stays `LINGER_S` after its last document and answers such a straggler with it again.
 
 A node's report is the acknowledgement of its document: a node still not naming the
 rollout's entry `NUDGE_S` after its document went out gets it again (a new revision,
@@ -18,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from agent.errors import DesiredStateError
+from agent.errors import DesiredStateError, RolloutError
 from agent.fleet._documents import DesiredModule, desired_topic, rollout_topic
 from agent.fleet._edit import Edit, Signer
 from agent.fleet._progress import RolloutDocument, parse_rollout
@@ -30,6 +32,7 @@ HEARTBEAT_S = 5.0
 NUDGE_S = 10.0
 STALE_AFTER_S = 3 * HEARTBEAT_S
 """A heartbeat older than this: no driver is alive, `resume` may take over."""
+LINGER_S = 2.0
 
 
 def watched_topics(prefix: str, group: str) -> list[str]:
@@ -79,12 +82,15 @@ class _Driver:
         self._written: dict[str, object] | None = None
         self._sent: dict[str, float] = {}
         """When each node document was last published."""
+        self._took_over = False
+        """The retained document was another driver's when this one started."""
 
     async def run(self) -> RolloutDocument:
         topics = watched_topics(self._rollout.prefix, self._doc.group)
         async with self._session.subscribe(topics) as subscription:
             for item in subscription.retained.items():
                 self._view.update(*item)
+            self._took_over = self._taking_over()
             pump = asyncio.create_task(self._pump(subscription))
             try:
                 while True:
@@ -103,6 +109,7 @@ class _Driver:
                     published = await self._apply(edits, now)
                     published += await self._apply(self._unheard(now), now, again=True)
                     if not self._doc.active:
+                        await self._linger(pump)
                         return self._doc
                     if not published:  # else the step may go further with them there
                         self._changed.clear()
@@ -180,6 +187,29 @@ class _Driver:
             self._rival = other
         else:
             self._doc.heartbeat = 0.0
+
+    def _taking_over(self) -> bool:
+        payload = self._view.rollouts.get(self._doc.group)
+        if not payload:
+            return False
+        try:
+            stored = parse_rollout(self._topic, payload)
+        except RolloutError:
+            return False
+        return stored.id == self._doc.id and stored.lease != self._doc.lease
+
+    async def _linger(self, pump: asyncio.Task[None]) -> None:
+        """After a takeover, answer an older driver's straggling document with ours for
+        `LINGER_S`, so that the rollout's last word stays retained."""
+        if not self._took_over:
+            return
+        until = self._clock() + LINGER_S
+        while not pump.done() and (left := until - self._clock()) > 0:
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            await self._write(self._clock())  # only when `_take` asked for it
 
     async def _wait(self) -> None:
         """Until something changed, the rollout's deadline passed or a heartbeat is due."""

@@ -7,7 +7,7 @@ connection of its own (Sparkplug) gets its client from `new_client`, its endpoin
 
 import aiomqtt
 
-from agent.mqtt._client import new_client, probe_broker, probe_brokers
+from agent.mqtt._client import new_client, probe_broker, probe_brokers, subscribe
 from agent.mqtt._embedded import EmbeddedBroker
 from agent.mqtt._endpoints import Rotation, describe
 from agent.mqtt._link import Handler, Incoming, MqttLink
@@ -34,5 +34,6 @@ __all__ = [
     "new_client",
     "probe_broker",
     "probe_brokers",
+    "subscribe",
     "watch",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import uuid
+from collections.abc import Sequence
 from typing import Any, Self
 
 import aiomqtt
@@ -23,6 +24,11 @@ from agent.mqtt._endpoints import describe
 # MQTT 3.1.1 CONNACK return codes and MQTT 5 reason codes that mean "who are you?".
 _AUTH_CODES_V311 = frozenset({4, 5})
 _AUTH_CODES_V5 = frozenset({0x86, 0x87, 0x8C})
+
+
+class SubscriptionRefused(aiomqtt.MqttError):
+    """The broker's SUBACK refused a filter: an ACL, or a filter it cannot serve (NATS
+    refuses topics with a `.`, so Sparkplug's `spBv1.0/...`)."""
 
 
 class _HungUp(aiomqtt.MqttError):
@@ -139,6 +145,25 @@ async def probe_broker(
         if isinstance(cause, TimeoutError) or "timed out" in str(err):
             raise BrokerUnreachable(broker, "timeout", f"no answer within {timeout_s:g} s") from err
         raise BrokerUnreachable(broker, "unreachable", str(err) or type(err).__name__) from err
+
+
+async def subscribe(client: aiomqtt.Client, filters: Sequence[str], qos: int) -> None:
+    """Subscribe to `filters`; raises `SubscriptionRefused`, naming them, for those the
+    broker refused, which would otherwise never deliver a message and never say why."""
+    granted = await client.subscribe([(f, qos) for f in filters])
+    failed = refused(filters, granted)
+    if failed:
+        raise SubscriptionRefused(f"the broker refused the subscription to {', '.join(failed)}")
+
+
+def refused(filters: Sequence[str], granted: Sequence[int | ReasonCode]) -> list[str]:
+    """The filters a SUBACK refused: 0x80 in MQTT 3.1.1, a reason code of 0x80 or more in
+    MQTT 5."""
+    return [
+        f
+        for f, code in zip(filters, granted, strict=True)
+        if (code.is_failure if isinstance(code, ReasonCode) else code >= 0x80)
+    ]
 
 
 def _is_auth_code(rc: int | ReasonCode | None) -> bool:

@@ -32,13 +32,12 @@ from typing import Any, Self
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from agent import __version__
 from agent._ratelimit import TokenBucket
 from agent.config import MqttConfig
 from agent.errors import MqttUnavailable, OutboxError
-from agent.mqtt._client import new_client
+from agent.mqtt._client import new_client, refused
 from agent.mqtt._endpoints import Rotation
 from agent.outbox import Message, Outbox
 from agent.status import MqttStatus
@@ -268,7 +267,7 @@ class MqttLink:
 
     async def _subscribe(self, client: aiomqtt.Client, topic_filter: str) -> None:
         granted = await client.subscribe(topic_filter, qos=SUBSCRIBE_QOS)
-        if not any(_is_failure(code) for code in granted):
+        if not refused([topic_filter], granted):
             self._refused.discard(topic_filter)
             return
         if topic_filter not in self._refused:
@@ -376,11 +375,6 @@ class MqttLink:
             await handler(incoming)
         except Exception:
             log.exception("handler for %s failed on %s", topic_filter, incoming.topic)
-
-
-def _is_failure(code: int | ReasonCode) -> bool:
-    """A SUBACK failure: 0x80 in MQTT 3.1.1, a reason code of 0x80 or more in MQTT 5."""
-    return code.is_failure if isinstance(code, ReasonCode) else code >= 0x80
 
 
 def _properties(**values: object) -> Properties:

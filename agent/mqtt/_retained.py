@@ -24,7 +24,7 @@ import aiomqtt
 
 from agent.config import MqttConfig
 from agent.errors import BrokerUnreachable
-from agent.mqtt._client import new_client
+from agent.mqtt._client import new_client, subscribe
 from agent.mqtt._endpoints import describe
 
 T = TypeVar("T")
@@ -145,9 +145,7 @@ class BrokerSession:
         subscription = Subscription(filters)
         self._subscriptions.append(subscription)
         try:
-            await self._call(
-                client.subscribe([(f, 0) for f in (*filters, self.probe_topic)]), "subscribe"
-            )
+            await self._call(subscribe(client, [*filters, self.probe_topic], 0), "subscribe")
             token = uuid.uuid4().hex.encode()
             arrived = asyncio.get_running_loop().create_future()
             self._probes[token] = arrived

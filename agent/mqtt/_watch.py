@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from agent.config import MqttConfig
-from agent.mqtt._client import new_client
+from agent.mqtt._client import new_client, subscribe
 from agent.mqtt._endpoints import Rotation
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ async def watch(config: MqttConfig, topic_filter: str) -> AsyncIterator[tuple[st
         try:
             async with new_client(config, identifier, endpoint=rotation.current) as client:
                 rotation.connected()
-                await client.subscribe(topic_filter, qos=1)
+                await subscribe(client, [topic_filter], 1)
                 async for message in client.messages:
                     payload = message.payload
                     data = payload if isinstance(payload, bytes) else str(payload).encode()

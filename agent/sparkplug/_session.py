@@ -36,7 +36,7 @@ from pathlib import Path
 from agent._atomic import write_bytes
 from agent.config import MqttConfig, SparkplugConfig
 from agent.errors import OutboxError
-from agent.mqtt import Client, MqttError, Rotation, Will, new_client
+from agent.mqtt import Client, MqttError, Rotation, Will, new_client, subscribe
 from agent.outbox import Message, Outbox
 from agent.sparkplug._payload import (
     MetricDef,
@@ -193,11 +193,11 @@ class Session:
             self._rotation.connected()
             self.connected = True
             self._bdseq.advance()  # the next connection's NDEATH must not match this birth
-            await client.subscribe(self.topic.format("NCMD"), qos=1)
-            await client.subscribe(self.topic.format("DCMD") + "/+", qos=1)
+            topics = [self.topic.format("NCMD"), self.topic.format("DCMD") + "/+"]
             if self._state_topic is not None:
-                await client.subscribe(self._state_topic, qos=1)
-            else:
+                topics.append(self._state_topic)
+            await subscribe(client, topics, 1)  # refused: no commands, nor the host's STATE
+            if self._state_topic is None:
                 self._host_online.set()
             tasks = [
                 asyncio.create_task(self._receive(client)),

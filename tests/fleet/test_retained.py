@@ -11,7 +11,7 @@ import pytest
 from agent.config import MqttConfig
 from agent.errors import BrokerUnreachable
 from agent.mqtt import BrokerSession
-from tests.brokers import Mosquitto, free_port
+from tests.brokers import Mosquitto, free_port, refusing_broker
 
 
 def config(*ports: int) -> MqttConfig:
@@ -73,5 +73,26 @@ def test_the_first_broker_of_a_cluster_that_answers_is_used(mosquitto: Mosquitto
             async with BrokerSession(config(dead, free_port())):
                 pass
         assert f"127.0.0.1:{dead}: " in str(caught.value)
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_subscription_is_an_error_not_an_empty_fleet() -> None:
+    """A read the broker's ACL refuses would otherwise come back empty, as if there were
+    no nodes: it fails, naming the filter."""
+
+    async def scenario() -> None:
+        async with refusing_broker(["edge/fleet/#", "edge/+/status"]) as port:
+            cfg = MqttConfig(hosts=[f"127.0.0.1:{port}"], protocol="3.1.1")
+            async with BrokerSession(cfg) as session:
+                await session.publish("edge/n1/status", b"online")
+                assert await session.read_retained(["edge/+/status"]) == {
+                    "edge/n1/status": b"online"
+                }
+                with pytest.raises(BrokerUnreachable) as caught:
+                    await session.read_retained(["edge/+/status", "edge/+/report"])
+        assert caught.value.reason == (
+            "subscribe: the broker refused the subscription to edge/+/report"
+        )
 
     asyncio.run(scenario())

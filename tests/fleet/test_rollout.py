@@ -69,6 +69,17 @@ async def deploy(port: int, rollout_plan: RolloutPlan) -> tuple[RolloutDocument,
     return doc, lines
 
 
+async def abort(port: int, stored: RolloutDocument) -> tuple[RolloutDocument, list[str]]:
+    """`fleet rollout abort` from a second process: take the stored rollout, put it back."""
+    lines: list[str] = []
+    async with BrokerSession(MqttConfig(host="127.0.0.1", port=port)) as session:
+        rollout = Rollout(stored, PREFIX)
+        rollout.abort()
+        stored.take(time.time())
+        doc = await drive(session, rollout, Signer(), say=lines.append)
+    return doc, lines
+
+
 async def node_documents(port: int) -> dict[str, bytes]:
     return await read_retained(port, [f"{PREFIX}/+/desired"])
 
@@ -228,12 +239,7 @@ def test_abort_takes_over_and_puts_every_changed_node_back(mosquitto: Mosquitto)
             stored = await retained_rollout(mosquitto.port)
             assert stored is not None
             assert stored.active
-            lines: list[str] = []
-            async with BrokerSession(MqttConfig(host="127.0.0.1", port=mosquitto.port)) as s:
-                rollout = Rollout(stored, PREFIX)
-                rollout.abort()
-                stored.take(time.time())
-                doc = await drive(s, rollout, Signer(), say=lines.append)
+            doc, lines = await abort(mosquitto.port, stored)
             assert doc.phase == "aborted", lines
             taken, first_lines = await asyncio.wait_for(first, 10)
             assert taken.phase in ("aborting", "aborted")
@@ -242,5 +248,44 @@ def test_abort_takes_over_and_puts_every_changed_node_back(mosquitto: Mosquitto)
             assert [n.version("scale") for n in nodes] == ["1.0"] * 4, nodes[0].history
             documents = await node_documents(mosquitto.port)
             assert list(documents) == [f"{PREFIX}/n01/desired"], documents
+
+    asyncio.run(scenario())
+
+
+def test_an_older_drivers_straggling_document_does_not_outlive_an_abort(
+    mosquitto: Mosquitto,
+) -> None:
+    """The older driver's heartbeat, sent just before it saw the takeover, can land after
+    the abort's last document: the aborting driver answers it, and `aborted` stays."""
+    catalog = Catalog()
+    catalog.ref("scale", "1.0")
+    ref = catalog.ref("scale", "1.1")
+    topic = rollout_topic(PREFIX, GROUP)
+
+    async def straggle(late: RolloutDocument) -> None:
+        config = MqttConfig(host="127.0.0.1", port=mosquitto.port)
+        async with BrokerSession(config) as session, session.subscribe([topic]) as subscription:
+            async for _, payload in subscription:
+                if payload and parse_rollout(topic, payload).phase == "aborted":
+                    late.heartbeat = time.time()
+                    await session.publish(topic, late.payload())
+                    return
+
+    async def scenario() -> None:
+        async with simulated_fleet(mosquitto.port, 2, catalog, running={"scale": "1.0"}) as nodes:
+            first = asyncio.create_task(deploy(mosquitto.port, plan(ref, "1,100%", soak=30)))
+            await until(lambda: [w.digest for w in nodes[0]._wanted] == [digest_of("1.1")])
+            first.cancel()  # a driver stopped at any point: its documents may still come
+            await asyncio.gather(first, return_exceptions=True)
+            stored = await retained_rollout(mosquitto.port)
+            assert stored is not None
+            late = stored.model_copy(deep=True)
+            injected = asyncio.create_task(straggle(late))
+            doc, lines = await abort(mosquitto.port, stored)
+            await asyncio.wait_for(injected, 10)
+            assert doc.phase == "aborted", lines
+            final = await retained_rollout(mosquitto.port)
+            assert final is not None
+            assert (final.phase, final.lease) == ("aborted", doc.lease)
 
     asyncio.run(scenario())
