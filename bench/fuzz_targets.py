@@ -515,6 +515,7 @@ def _fleet_seeds() -> list[bytes]:
         "modules": [
             {"name": "scale", "ref": "registry.local:5000/edge/scale:1.1.0",
              "digest": DIGEST, "config": {"factor": 2}},
+            {"name": "meter", "absent": True},
         ],
     }  # fmt: skip
     report = Report(

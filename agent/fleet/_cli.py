@@ -92,7 +92,8 @@ def add_fleet_command(commands: Any) -> None:
         "set",
         help="add, replace or remove one module entry",
         description="Replaces (or adds) the entry named --module and publishes the document "
-        "retained with the next revision, signed with --key; --remove drops an entry.",
+        "retained with the next revision, signed with --key; --absent says the module must "
+        "not run (nodes remove it); --remove drops an entry (nodes leave the module as it is).",
     )
     clear = desired.add_parser("clear", help="publish an empty retained payload")
     for parser in (show, edit, clear):
@@ -101,6 +102,7 @@ def add_fleet_command(commands: Any) -> None:
         target.add_argument("--node")
     entry = edit.add_mutually_exclusive_group(required=True)
     entry.add_argument("--module", metavar="NAME")
+    entry.add_argument("--absent", metavar="NAME", help="the module must not run: removed")
     entry.add_argument("--remove", metavar="NAME", help="drop this module's entry")
     edit.add_argument("--ref", help="the registry reference (with --module)")
     edit.add_argument("--digest", help="pin the version: sha256:...")
@@ -198,6 +200,10 @@ async def _desired_set(args: argparse.Namespace, config: MqttConfig) -> int:
             except ValueError as err:
                 raise DesiredStateError(f"--config is not JSON: {err}") from err
         module = validated(DesiredModule, fields, "--module", error=DesiredStateError)
+        edit = Edit(topic, module.name, module)
+    elif args.absent is not None:
+        fields = {"name": args.absent, "absent": True}
+        module = validated(DesiredModule, fields, "--absent", error=DesiredStateError)
         edit = Edit(topic, module.name, module)
     else:
         edit = Edit(topic, args.remove, None)

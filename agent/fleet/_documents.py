@@ -10,7 +10,10 @@ per node (`<prefix>/<node>/desired`):
 
 `revision` orders the documents of one topic: a node refuses one older than the last it
 applied there, so an old document published again (a replay) cannot take a node back.
-`digest` pins the version; `config` replaces the module's `config` table. A node with
+`digest` pins the version; `config` replaces the module's `config` table. An entry
+`{"name": "scale", "absent": true}` says the node must not run the module: it is removed
+where it runs. A module no document names is left alone (a lost document must not
+remove anything), so removal is always said. A node with
 `commands.require_signature` wants `ts`, `nonce` and `sig` as on commands, over the same
 canonical bytes with the topic bound in (`agent.commands.signed_bytes`). An empty
 retained payload clears the topic's document.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -64,19 +67,30 @@ def rollout_topic(prefix: str, group: str) -> str:
 
 class DesiredModule(StrictModel):
     name: str = Field(pattern=NAME_PATTERN)
-    ref: str = Field(min_length=1, max_length=1024)
+    ref: str | None = Field(None, min_length=1, max_length=1024)
     digest: str | None = Field(None, pattern=DIGEST_PATTERN)
     config: dict[str, Any] | None = None
     """Replaces the module's `config` table (from the node's config file) when given."""
+    absent: Literal[True] | None = None
+    """The node must not run the module; such an entry has nothing but its name."""
 
     @field_validator("ref")
     @classmethod
-    def _reference(cls, ref: str) -> str:
-        try:
-            parse_reference(ref)
-        except AgentError as err:
-            raise ValueError(str(err)) from err
+    def _reference(cls, ref: str | None) -> str | None:
+        if ref is not None:
+            try:
+                parse_reference(ref)
+            except AgentError as err:
+                raise ValueError(str(err)) from err
         return ref
+
+    @model_validator(mode="after")
+    def _present_or_absent(self) -> DesiredModule:
+        if not self.absent and self.ref is None:
+            raise ValueError(f"module {self.name!r}: give ref (or absent: true to remove it)")
+        if self.absent and (self.ref, self.digest, self.config) != (None, None, None):
+            raise ValueError(f"module {self.name!r}: an absent entry has no ref, digest or config")
+        return self
 
 
 class DesiredDocument(StrictModel):
@@ -171,9 +185,11 @@ class ReportModule(StrictModel):
 
 class ReportWanted(StrictModel):
     name: str
-    ref: str
+    ref: str | None = None
+    """None for an absent entry."""
     digest: str | None = None
     """The entry's pin, as wanted; the digest it runs is in `Report.modules`."""
+    absent: Literal[True] | None = None
     source: str
     state: str
     """`converged`, `pending` (being deployed, or the registry is unreachable),

@@ -337,14 +337,14 @@ class Rollout:
             )
         return edits
 
-    def _restored(self, progress: NodeProgress) -> DesiredModule | None:
-        """Its previous entry; else pinned to what it ran; else none."""
+    def _restored(self, progress: NodeProgress) -> DesiredModule:
+        """Its previous entry; else pinned to what it ran; else absent: it ran nothing."""
         if progress.previous is not None:
             return progress.previous
         if progress.ran is not None:
             ref = f"{repository(self.doc.ref)}@{progress.ran}"
             return DesiredModule(name=self.doc.module, ref=ref, digest=progress.ran)
-        return None
+        return DesiredModule(name=self.doc.module, absent=True)
 
     def _target(self) -> DesiredModule:
         return DesiredModule(name=self.doc.module, ref=self.doc.ref, digest=self.doc.digest)

@@ -4,7 +4,8 @@ Each document arriving (at every connect, since they are retained, and at every 
 is checked (`agent.fleet.parse_desired`: shape, signature, revision not older than the
 last one applied on its topic); a refused one is named in the report and the last good
 one of its topic still holds, so the running modules stay as they are. The layers are
-merged and each wanted module goes through the supply's verified deploy, one at a time.
+merged and each wanted module goes through the supply's verified deploy, one at a time;
+an `absent` one is removed as `module.remove` does.
 Desired state may name an older version: documents are ordered by revision, and a
 rollout rolls back that way.
 
@@ -30,6 +31,7 @@ from agent.config import AgentConfig
 from agent.errors import AgentError, DesiredStateError, RegistryUnavailable
 from agent.fleet import DesiredDocument, ReportWanted, Wanted, desired_topic, merge, parse_desired
 from agent.runtime._versions import ModuleVersions
+from agent.supply import InstalledModule
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +145,11 @@ class DesiredFollower:
         if outcome is not None and outcome.entry == entry:
             if outcome.state in ("failed", "rolled-back", "superseded"):
                 return
-            active = supply.active(name)
-            if (
-                outcome.state == "converged"
-                and active is not None
-                and active.digest == outcome.digest
-            ):
+            if outcome.state == "converged" and _digest(supply.active(name)) == outcome.digest:
                 return
+        if module.ref is None:  # absent: every other entry has a ref
+            await self._remove(versions, name, entry)
+            return
         before = supply.active(name)
         reconfigured = versions.configured(name) != module.config
         self._decide(name, Outcome(entry, "pending"))
@@ -170,6 +170,24 @@ class DesiredFollower:
             await versions.restart(name)  # the same version, with its new config
         self._decide(name, Outcome(entry, "converged", digest=installed.digest))
 
+    async def _remove(self, versions: ModuleVersions, name: str, entry: dict[str, Any]) -> None:
+        if versions.local(name):
+            reason = (
+                f"module {name!r} runs from a local path in the config file; desired state "
+                "removes only what the supply installed"
+            )
+            self._decide(name, Outcome(entry, "failed", reason=reason))
+            return
+        supply = versions.supply
+        try:
+            if any(m.name == name for m in supply.modules()):
+                await supply.remove(name)
+        except AgentError as err:
+            self._decide(name, Outcome(entry, "failed", reason=str(err)))
+            return
+        await versions.set_config(name, None, restart=False)
+        self._decide(name, Outcome(entry, "converged"))
+
     def refresh(self, versions: ModuleVersions) -> None:
         """Notice a converged version that no longer runs: the rollout guard took it back
         (`rolled-back`), or a command replaced or removed it (`superseded`). Neither is
@@ -178,7 +196,7 @@ class DesiredFollower:
             if outcome.state != "converged":
                 continue
             active = versions.supply.active(name)
-            if active is not None and active.digest == outcome.digest:
+            if _digest(active) == outcome.digest:
                 continue
             state = next((m for m in versions.supply.modules() if m.name == name), None)
             if state is not None and state.status == "rolled-back":
@@ -201,6 +219,7 @@ class DesiredFollower:
                     name=name,
                     ref=wanted.module.ref,
                     digest=wanted.module.digest,
+                    absent=wanted.module.absent,
                     source=wanted.source,
                     state=outcome.state,
                     reason=outcome.reason,
@@ -215,7 +234,7 @@ class DesiredFollower:
         if outcome.state in ("failed", "rolled-back", "superseded"):
             log.warning("desired module %s %s: %s", name, outcome.state, outcome.reason)
         elif outcome.state == "converged":
-            log.info("desired module %s converged on %s", name, outcome.digest)
+            log.info("desired module %s converged on %s", name, outcome.digest or "absent")
         self._outcomes[name] = outcome
         self._save()
 
@@ -237,3 +256,8 @@ class DesiredFollower:
             "outcomes": {name: asdict(o) for name, o in self._outcomes.items()},
         }
         write_bytes(self._path, json.dumps(saved, sort_keys=True).encode())
+
+
+def _digest(installed: InstalledModule | None) -> str | None:
+    """What runs of a module, as an outcome records it: its digest, None for nothing."""
+    return installed.digest if installed is not None else None

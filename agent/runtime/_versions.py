@@ -124,6 +124,10 @@ class ModuleVersions:
     def models(self) -> tuple[ModelStatus, ...]:
         return tuple(self._models.values())
 
+    def local(self, name: str) -> bool:
+        """`name` runs from a local `path` in the config, outside the supply."""
+        return name in self._unsigned
+
     def configured(self, name: str) -> dict[str, Any] | None:
         """The config desired state gave `name`, if any."""
         return self._configs.get(name)

@@ -175,6 +175,9 @@ class SimNode:
             failed = self._failed.get(name)
             if failed is not None and failed[:2] == (module.ref, module.digest):
                 state, reason = "failed", failed[2]
+            elif module.absent:
+                if self.running.pop(name, None) is not None:
+                    self.history.append((time.monotonic(), name, "absent"))
             elif self.hold:
                 state = "pending"
             else:
@@ -193,6 +196,7 @@ class SimNode:
                     name=name,
                     ref=module.ref,
                     digest=module.digest,
+                    absent=module.absent,
                     source=wanted.source,
                     state=state,
                     reason=reason,

@@ -152,6 +152,14 @@ def test_desired_set_show_remove_and_clear_with_a_signature(
         assert code == 4
         assert "has no entry 'scale'" in err
 
+        assert (await fleet(capsys, mosquitto.port, *signed, "--absent", "meter"))[0] == 0
+        payload = (await read_retained(mosquitto.port, [topic]))[topic]
+        absent = parse_desired(topic, payload, None)
+        assert absent is not None
+        assert [m.model_dump(exclude_none=True) for m in absent.modules] == [
+            {"name": "meter", "absent": True}
+        ]
+
         code, _, _ = await fleet(capsys, mosquitto.port, "desired", "clear", "--group", "pumps")
         assert code == 0
         assert await read_retained(mosquitto.port, [topic]) == {}

@@ -225,6 +225,31 @@ def test_a_node_unhealthy_during_the_soak_halts_and_is_put_back(mosquitto: Mosqu
     asyncio.run(scenario())
 
 
+def test_a_halted_first_install_is_put_back_as_absent(mosquitto: Mosquitto) -> None:
+    """A node that ran no version before is put back to running none: an `absent` entry,
+    rather than the failing version left running."""
+    catalog = Catalog()
+    ref = catalog.ref("scale", "1.1")
+
+    async def scenario() -> None:
+        async with simulated_fleet(mosquitto.port, 3, catalog) as nodes:
+            driving = asyncio.create_task(deploy(mosquitto.port, plan(ref, soak=30)))
+            await until(lambda: nodes[0].version("scale") == "1.1")
+            await nodes[0].set_healthy(False)
+            doc, lines = await asyncio.wait_for(driving, 20)
+            assert doc.phase == "halted", lines
+            topic = desired_topic(PREFIX, node="n01")
+            restored = parse_desired(topic, (await node_documents(mosquitto.port))[topic], None)
+            assert restored is not None
+            assert [m.model_dump(exclude_none=True) for m in restored.modules] == [
+                {"name": "scale", "absent": True}
+            ]
+            await until(lambda: nodes[0].version("scale") is None)
+            assert [n.version("scale") for n in nodes[1:]] == [None, None]
+
+    asyncio.run(scenario())
+
+
 def test_abort_takes_over_and_puts_every_changed_node_back(mosquitto: Mosquitto) -> None:
     catalog = Catalog()
     catalog.ref("scale", "1.0")

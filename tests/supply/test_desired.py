@@ -86,9 +86,15 @@ async def running(config: AgentConfig, mosquitto: Mosquitto) -> AsyncIterator[No
 
 
 def node_config(
-    tmp: Path, mosquitto: Mosquitto, registry: Registry, keys: list[Path], **extra: Any
+    tmp: Path,
+    mosquitto: Mosquitto,
+    registry: Registry,
+    keys: list[Path],
+    supply: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> AgentConfig:
-    base = agent_config(tmp, registry, keys).model_dump(mode="json", exclude_unset=True)
+    base = agent_config(tmp, registry, keys, **(supply or {}))
+    base = base.model_dump(mode="json", exclude_unset=True)
     base["node"].update(id=NODE, groups=["other", GROUP])
     base.update(
         engine={"kind": "wasmtime"},
@@ -166,7 +172,7 @@ def test_a_node_converges_on_its_groups_and_its_own_document_and_reports_why_it_
             # Refused documents are named; what runs stays.
             await node.publish(node_topic, b'{"revision": 6, "modules": [{"name": "faulty"}]}')
             report = await node.until_report(lambda r: len(r.desired_errors) == 1)
-            assert "modules.0.ref: Field required" in report.desired_errors[0]
+            assert "give ref (or absent: true to remove it)" in report.desired_errors[0]
             assert node_topic in report.desired_errors[0]
             await node.publish(
                 node_topic, desired_payload(node_topic, 4, [entry("faulty", refs["1.1.0"])])
@@ -219,6 +225,69 @@ def test_a_node_converges_on_its_groups_and_its_own_document_and_reports_why_it_
                 "faulty": "converged",
                 "other": "failed",
             }
+
+    asyncio.run(scenario())
+
+
+def test_an_absent_entry_removes_the_module_and_clearing_it_brings_the_group_back(
+    tmp_path: Path, mosquitto: Mosquitto, registry: Registry, keys: KeyPair
+) -> None:
+    stats = {
+        "name": "stats",
+        "path": str(REPO / "modules" / "dist" / "window-stats.wasm"),
+        "config": {"every": 10, "channels": ["temperature"]},
+    }
+    config = node_config(
+        tmp_path,
+        mosquitto,
+        registry,
+        [keys.public],
+        supply={"allow_unsigned_paths": True},
+        modules=[stats],
+    )
+    group_topic = desired_topic("edge", group=GROUP)
+    node_topic = desired_topic("edge", node=NODE)
+
+    def state(report: Report) -> tuple[str | None, str, bool | None] | None:
+        wanted = next((w for w in report.desired if w.name == "faulty"), None)
+        return (wanted.source, wanted.state, wanted.absent) if wanted else None
+
+    async def scenario() -> None:
+        refs = await push_versions(tmp_path, config, registry, keys)
+        async with running(config, mosquitto) as node:
+            group_doc = desired_payload(group_topic, 1, [entry("faulty", refs["1.1.0"])])
+            await node.publish(group_topic, group_doc)
+            await node.until_report(lambda r: state(r) == (f"group:{GROUP}", "converged", None))
+            assert node.running("faulty") == "1.1.0"
+
+            # The node's absent entry wins over the group's: removed, and said so.
+            absent = desired_payload(node_topic, 1, [{"name": "faulty", "absent": True}])
+            await node.publish(node_topic, absent)
+            report = await node.until_report(lambda r: state(r) == ("node", "converged", True))
+            assert node.running("faulty") is None
+            assert [m.name for m in report.modules if m.name == "faulty"] == []
+
+            # A module from a local path is not the supply's to remove: failed, and why.
+            stats_absent = {"name": "stats", "absent": True}
+            absent = desired_payload(
+                node_topic, 2, [{"name": "faulty", "absent": True}, stats_absent]
+            )
+            await node.publish(node_topic, absent)
+            report = await node.until_report(
+                lambda r: any(w.name == "stats" and w.state == "failed" for w in r.desired)
+            )
+            (failed,) = [w for w in report.desired if w.name == "stats"]
+            assert "runs from a local path" in (failed.reason or "")
+            assert node.running("stats") is not None
+
+        # A restart does not bring it back.
+        async with running(config, mosquitto) as node:
+            await node.until_report(lambda r: state(r) == ("node", "converged", True))
+            assert node.running("faulty") is None
+            # The node's document cleared: the group's entry holds again.
+            await node.publish(node_topic, b"")
+            await node.until_report(lambda r: state(r) == (f"group:{GROUP}", "converged", None))
+            assert node.running("faulty") == "1.1.0"
 
     asyncio.run(scenario())
 
