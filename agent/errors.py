@@ -183,6 +183,11 @@ class BrokerUnreachable(AgentError):
         self.reason = message
 
 
+class BrokerRefused(AgentError):
+    """The broker is there and refused a request: a SUBSCRIBE its ACL denies, or a filter
+    it cannot serve. Connecting again would not help."""
+
+
 class DeviceError(AgentError):
     """A device request failed, whatever the protocol; `where` names the device (or the
     connection) it was for, `reason` what went wrong."""

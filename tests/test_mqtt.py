@@ -20,10 +20,13 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import MqttConfig
 from agent.errors import BrokerUnreachable
 from agent.mqtt import EmbeddedBroker, Incoming, MqttLink, new_client, probe_broker
+from agent.mqtt._client import refused
 from agent.outbox import Outbox
 
 from .brokers import (
@@ -397,3 +400,13 @@ def test_a_peer_that_hangs_up_before_connack_fails_the_connect_at_once(protocol:
             await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+def test_a_suback_refuses_by_failure_code_and_a_short_one_refuses_all() -> None:
+    """0x80 (3.1.1) or a reason code from 0x80 (5) refuses its filter; a SUBACK that
+    does not answer every filter is a broken broker's, and trusts none of them."""
+    denied = ReasonCode(PacketTypes.SUBACK, "Not authorized")
+    granted = ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")
+    assert refused(["a", "b", "c"], [1, 0x80, 0]) == ["b"]
+    assert refused(["a", "b"], [granted, denied]) == ["b"]
+    assert refused(["a", "b"], [1]) == ["a", "b"]

@@ -27,6 +27,7 @@ from agent.config import MqttConfig, load_config
 from agent.control import fetch_status
 from agent.errors import AgentError
 from agent.journal import Journal
+from agent.mqtt import BrokerSession
 from agent.mqtt import watch as mqtt_watch
 from agent.reading import Reading, Value
 from agent.sim import DeviceImage, SimServer
@@ -441,6 +442,7 @@ def test_a_refused_subscription_is_named_in_status_and_no_birth_is_sent(
         error: str | None = None
         seen: list[str] = []
         nbirth = f"spBv1.0/{GROUP}/NBIRTH/#"
+        probe = f"spBv1.0/{GROUP}/NBIRTH/probe"
         async with refusing_broker(["edge/#", nbirth, f"spBv1.0/{GROUP}/NCMD/#"]) as port:
             mqtt = f'host = "127.0.0.1"\nport = {mosquitto.port}'
             amqtt = f'host = "127.0.0.1"\nport = {port}\nprotocol = "3.1.1"'
@@ -461,6 +463,11 @@ def test_a_refused_subscription_is_named_in_status_and_no_birth_is_sent(
                         with contextlib.suppress(AgentError):
                             status = await asyncio.to_thread(fetch_status, socket)
                             error = status.sparkplug and status.sparkplug.last_error
+                    # The NBIRTH watcher hears an NBIRTH topic: it would have heard births.
+                    async with BrokerSession(MqttConfig(port=port, protocol="3.1.1")) as s:
+                        while probe not in seen and time.monotonic() < deadline:
+                            await s.publish(probe, b"probe", retain=False)
+                            await asyncio.sleep(0.2)
                 finally:
                     agent.send_signal(signal.SIGTERM)
                     assert await asyncio.to_thread(agent.wait, 30) == 0
@@ -471,8 +478,8 @@ def test_a_refused_subscription_is_named_in_status_and_no_birth_is_sent(
 
     error, seen = asyncio.run(scenario())
     assert error == f"the broker refused the subscription to {dcmd}"
-    assert seen  # the watchers were subscribed: the agent's own data went out
-    assert not [t for t in seen if t.startswith("spBv1.0/")]
+    assert {t for t in seen if t.startswith("spBv1.0/")} == {f"spBv1.0/{GROUP}/NBIRTH/probe"}
+    assert any(t.startswith("edge/") for t in seen)  # the node's own data went out
 
 
 def test_readings_journaled_but_not_yet_taken_go_out_as_historical_ddata(

@@ -202,6 +202,8 @@ async def _desired_set(args: argparse.Namespace, config: MqttConfig) -> int:
         module = validated(DesiredModule, fields, "--module", error=DesiredStateError)
         edit = Edit(topic, module.name, module)
     elif args.absent is not None:
+        if (args.ref, args.digest, args.module_config) != (None, None, None):
+            raise DesiredStateError("--absent takes no --ref, --digest or --config")
         fields = {"name": args.absent, "absent": True}
         module = validated(DesiredModule, fields, "--absent", error=DesiredStateError)
         edit = Edit(topic, module.name, module)

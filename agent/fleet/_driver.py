@@ -204,12 +204,15 @@ class _Driver:
         if not self._took_over:
             return
         until = self._clock() + LINGER_S
-        while not pump.done() and (left := until - self._clock()) > 0:
+        while not pump.done() and self._rival is None:
+            await self._write(self._clock())  # only when `_take` asked for it
+            left = until - self._clock()
+            if left <= 0:
+                return
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._changed.wait()
-            await self._write(self._clock())  # only when `_take` asked for it
 
     async def _wait(self) -> None:
         """Until something changed, the rollout's deadline passed or a heartbeat is due."""

@@ -241,7 +241,7 @@ class Rollout:
                 continue
             progress.had_doc = current is not None
             progress.previous = _entry(current, d.module)
-            progress.ran = _running_digest(node.report, d.module)
+            progress.ran = _installed_digest(node.report, d.module)
             progress.state = "deploying"
         d.wave_started = now
         deploying = [n for n in names if d.nodes[n].state == "deploying"]
@@ -385,6 +385,17 @@ def _wanted(report: Report | None, module: str) -> ReportWanted | None:
     if report is None:
         return None
     return next((w for w in report.desired if w.name == module), None)
+
+
+def _installed_digest(report: Report | None, module: str) -> str | None:
+    """The version the node has of `module`, running or not (failed, restarting): what
+    a halt puts back. Only a node that lists no version gets `absent`."""
+    if report is None:
+        return None
+    listed = next((m for m in report.modules if m.name == module), None)
+    if listed is None or listed.digest is None or not re.match(DIGEST_PATTERN, listed.digest):
+        return None  # none, or none a pin could name (a local file; a broken report)
+    return listed.digest
 
 
 def _running_digest(report: Report | None, module: str) -> str | None:

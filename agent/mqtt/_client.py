@@ -158,7 +158,9 @@ async def subscribe(client: aiomqtt.Client, filters: Sequence[str], qos: int) ->
 
 def refused(filters: Sequence[str], granted: Sequence[int | ReasonCode]) -> list[str]:
     """The filters a SUBACK refused: 0x80 in MQTT 3.1.1, a reason code of 0x80 or more in
-    MQTT 5."""
+    MQTT 5; all of them when it does not answer each (a broken broker)."""
+    if len(granted) != len(filters):
+        return list(filters)
     return [
         f
         for f, code in zip(filters, granted, strict=True)

@@ -23,8 +23,8 @@ from typing import Self, TypeVar
 import aiomqtt
 
 from agent.config import MqttConfig
-from agent.errors import BrokerUnreachable
-from agent.mqtt._client import new_client, subscribe
+from agent.errors import BrokerRefused, BrokerUnreachable
+from agent.mqtt._client import SubscriptionRefused, new_client, subscribe
 from agent.mqtt._endpoints import describe
 
 T = TypeVar("T")
@@ -201,6 +201,8 @@ class BrokerSession:
             raise BrokerUnreachable(
                 self.broker, "timeout", f"no answer to {what} within {self._timeout_s:g} s"
             ) from err
+        except SubscriptionRefused as err:
+            raise BrokerRefused(f"{self.broker}: {what}: {err}") from err
         except aiomqtt.MqttError as err:
             raise BrokerUnreachable(self.broker, "unreachable", f"{what}: {err}") from err
 

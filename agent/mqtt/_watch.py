@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import aiomqtt
 
 from agent.config import MqttConfig
-from agent.mqtt._client import new_client, subscribe
+from agent.mqtt._client import SubscriptionRefused, new_client, subscribe
 from agent.mqtt._endpoints import Rotation
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ async def watch(config: MqttConfig, topic_filter: str) -> AsyncIterator[tuple[st
                     payload = message.payload
                     data = payload if isinstance(payload, bytes) else str(payload).encode()
                     yield str(message.topic), data
+        except SubscriptionRefused as err:
+            log.warning("watch %s on %s: %s; trying again", topic_filter, rotation, err)
         except aiomqtt.MqttError as err:
             log.debug("watch %s on %s: %s; reconnecting", topic_filter, rotation, err)
         await asyncio.sleep(rotation.next())

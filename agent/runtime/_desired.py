@@ -29,7 +29,15 @@ from agent._json import parse_json
 from agent.commands import CommandVerifier, load_public_keys
 from agent.config import AgentConfig
 from agent.errors import AgentError, DesiredStateError, RegistryUnavailable
-from agent.fleet import DesiredDocument, ReportWanted, Wanted, desired_topic, merge, parse_desired
+from agent.fleet import (
+    DesiredDocument,
+    DesiredModule,
+    ReportWanted,
+    Wanted,
+    desired_topic,
+    merge,
+    parse_desired,
+)
 from agent.runtime._versions import ModuleVersions
 from agent.supply import InstalledModule
 
@@ -147,6 +155,9 @@ class DesiredFollower:
                 return
             if outcome.state == "converged" and _digest(supply.active(name)) == outcome.digest:
                 return
+        elif outcome is not None and outcome.state == "pending" and outcome.entry["ref"]:
+            # The supply retries a deploy its registry did not answer: not this one now.
+            supply.cancel(outcome.entry["ref"], outcome.entry["digest"], "desired state changed")
         if module.ref is None:  # absent: every other entry has a ref
             await self._remove(versions, name, entry)
             return
@@ -171,10 +182,10 @@ class DesiredFollower:
         self._decide(name, Outcome(entry, "converged", digest=installed.digest))
 
     async def _remove(self, versions: ModuleVersions, name: str, entry: dict[str, Any]) -> None:
-        if versions.local(name):
+        if versions.in_config_file(name):
             reason = (
-                f"module {name!r} runs from a local path in the config file; desired state "
-                "removes only what the supply installed"
+                f"module {name!r} is in the config file's [[modules]], which starts it "
+                "again at every start; remove it there"
             )
             self._decide(name, Outcome(entry, "failed", reason=reason))
             return
@@ -242,7 +253,7 @@ class DesiredFollower:
         try:
             saved = parse_json(self._path.read_bytes())
             self._revisions = {str(t): int(r) for t, r in saved["revisions"].items()}
-            self._outcomes = {str(n): Outcome(**o) for n, o in saved["outcomes"].items()}
+            self._outcomes = {str(n): _outcome(o) for n, o in saved["outcomes"].items()}
         except FileNotFoundError:
             return
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
@@ -256,6 +267,14 @@ class DesiredFollower:
             "outcomes": {name: asdict(o) for name, o in self._outcomes.items()},
         }
         write_bytes(self._path, json.dumps(saved, sort_keys=True).encode())
+
+
+def _outcome(saved: dict[str, Any]) -> Outcome:
+    """A saved outcome, its entry as this version writes entries: a field added since
+    (with its default) must not make every saved entry look changed."""
+    outcome = Outcome(**saved)
+    outcome.entry = DesiredModule.model_validate(outcome.entry).model_dump(mode="json")
+    return outcome
 
 
 def _digest(installed: InstalledModule | None) -> str | None:

@@ -124,9 +124,10 @@ class ModuleVersions:
     def models(self) -> tuple[ModelStatus, ...]:
         return tuple(self._models.values())
 
-    def local(self, name: str) -> bool:
-        """`name` runs from a local `path` in the config, outside the supply."""
-        return name in self._unsigned
+    def in_config_file(self, name: str) -> bool:
+        """The config file's `[[modules]]` names `name` (a `path`, or a `ref` deployed
+        again at every start): the file, not desired state, decides whether it runs."""
+        return any(m.name == name for m in self._config.modules)
 
     def configured(self, name: str) -> dict[str, Any] | None:
         """The config desired state gave `name`, if any."""

@@ -124,8 +124,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         is marked failed and the running version stays. `RegistryUnavailable` leaves it
         pending, for `run` to retry.
         """
-        parsed = parse_reference(ref)
-        key = str(parsed.with_digest(digest) if digest else parsed)
+        key = _request_key(ref, digest)
         async with self._lock:
             self._state.want(key, allow_downgrade)
             try:
@@ -143,6 +142,11 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         if changed:
             await self._runner.activate(installed)
         return installed
+
+    def cancel(self, ref: str, digest: str | None, reason: str) -> None:
+        """Drop a deploy of `ref` left pending (its registry unreachable), so that `run`
+        does not install it later: what asked for it wants something else now."""
+        self._state.cancel(_request_key(ref, digest), reason)
 
     async def _install(self, key: str, allow_downgrade: bool) -> tuple[InstalledModule, bool]:
         ref = parse_reference(key)
@@ -257,3 +261,9 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
                 await asyncio.sleep(retry.delay(attempt) + retry.initial_s)
                 attempt += 1
                 self._pending.set()
+
+
+def _request_key(ref: str, digest: str | None) -> str:
+    """A deploy request as the state DB keeps it: the reference, with the pin if any."""
+    parsed = parse_reference(ref)
+    return str(parsed.with_digest(digest) if digest else parsed)

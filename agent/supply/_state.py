@@ -44,7 +44,8 @@ class DesiredState:
     ref: str
     allow_downgrade: bool
     status: str
-    """`pending` until deployed (or failed for good: `failed`, with the reason)."""
+    """`pending` until deployed, `done`; `failed` for good, with the reason; `cancelled`:
+    replaced before its registry answered."""
     reason: str
 
 
@@ -96,6 +97,15 @@ class StateDB:
             self._db.execute(
                 "UPDATE desired SET status = ?, reason = ?, updated = ? WHERE ref = ?",
                 (status, reason, time.time(), ref),
+            )
+
+    def cancel(self, ref: str, reason: str) -> None:
+        """A pending request no longer wanted: `run` must not install it later."""
+        with self._db:
+            self._db.execute(
+                "UPDATE desired SET status = 'cancelled', reason = ?, updated = ? "
+                "WHERE ref = ? AND status = 'pending'",
+                (reason, time.time(), ref),
             )
 
     def desired(self, status: str | None = None) -> list[DesiredState]:

@@ -88,6 +88,8 @@ class SimNode:
         self.history: list[tuple[float, str, str]] = []
         """(time, module, version) of every change of what it runs."""
         self.healthy = True
+        self.module_states: dict[str, str] = {}
+        """A module's state in the report when not `running` (`failed`, ...)."""
         self.hold = False
         """Leave entries pending (a slow registry) until `release()`."""
         self.online = False
@@ -214,7 +216,9 @@ class SimNode:
             healthy=self.healthy,
             reasons=() if self.healthy else ("device 'meter' offline",),
             modules=tuple(
-                ReportModule(name=n, version=v, digest=d, state="running")
+                ReportModule(
+                    name=n, version=v, digest=d, state=self.module_states.get(n, "running")
+                )
                 for n, (v, d) in sorted(self.running.items())
             ),
             desired=self._wanted,

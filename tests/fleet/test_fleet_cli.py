@@ -20,7 +20,7 @@ from agent.cli import main
 from agent.commands import CommandVerifier
 from agent.errors import DesiredStateError
 from agent.fleet import parse_desired, parse_rollout, rollout_topic
-from tests.brokers import Mosquitto, Subscriber, until
+from tests.brokers import Mosquitto, Subscriber, refusing_broker, until
 from tests.fleet.simnode import Catalog, SimNode, digest_of, publish, read_retained, simulated_fleet
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -184,6 +184,11 @@ def test_bad_input_is_refused_with_what_was_wrong(
         )
         assert code == 1
         assert "--module: ref:" in err
+        code, _, err = await fleet(
+            capsys, mosquitto.port, "desired", "set", "--node", "n01", "--absent", "s", "--ref", ref
+        )
+        assert code == 1
+        assert "--absent takes no --ref, --digest or --config" in err
 
         async with simulated_fleet(mosquitto.port, 2, catalog, running={"scale": "1.0"}):
             code, _, err = await fleet(
@@ -346,3 +351,20 @@ def test_the_broker_and_prefix_come_from_an_agent_config(
             )
 
     asyncio.run(scenario())
+
+
+def test_a_broker_refusing_the_subscriptions_is_an_error_not_a_reconnect_loop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The broker answered and said no: connecting again would not help, and an empty
+    fleet would be a lie. Exit 1, naming the filter."""
+
+    async def scenario() -> tuple[int, str]:
+        async with refusing_broker(["edge/fleet/#"]) as port:
+            argv = ["--protocol", "3.1.1", "rollout", "resume", "--group", "pumps"]
+            code, _, err = await asyncio.wait_for(fleet(capsys, port, *argv), 30)
+        return code, err
+
+    code, err = asyncio.run(scenario())
+    assert code == 1
+    assert "the broker refused the subscription to edge/+/status" in err

@@ -250,6 +250,31 @@ def test_a_halted_first_install_is_put_back_as_absent(mosquitto: Mosquitto) -> N
     asyncio.run(scenario())
 
 
+def test_a_node_whose_module_is_down_is_put_back_to_that_version_not_absent(
+    mosquitto: Mosquitto,
+) -> None:
+    """A version installed but not running (failed, restarting) at the wave's start is
+    still the node's: the halt pins it back rather than removing the module."""
+    catalog = Catalog()
+    catalog.ref("scale", "1.0")
+    ref = catalog.ref("scale", "1.1")
+
+    async def scenario() -> None:
+        async with simulated_fleet(mosquitto.port, 2, catalog, running={"scale": "1.0"}) as nodes:
+            nodes[0].module_states["scale"] = "failed"
+            await nodes[0].set_healthy(True)  # a report with it
+            doc, lines = await deploy(mosquitto.port, plan(ref, wave_timeout=1.0))
+            assert doc.phase == "halted", lines
+            assert "not converged within 1 s" in (doc.nodes["n01"].reason or "")
+            topic = desired_topic(PREFIX, node="n01")
+            restored = parse_desired(topic, (await node_documents(mosquitto.port))[topic], None)
+            assert restored is not None
+            assert [m.digest for m in restored.modules] == [digest_of("1.0")]
+            await until(lambda: nodes[0].version("scale") == "1.0")
+
+    asyncio.run(scenario())
+
+
 def test_abort_takes_over_and_puts_every_changed_node_back(mosquitto: Mosquitto) -> None:
     catalog = Catalog()
     catalog.ref("scale", "1.0")
@@ -287,9 +312,10 @@ def test_an_older_drivers_straggling_document_does_not_outlive_an_abort(
     ref = catalog.ref("scale", "1.1")
     topic = rollout_topic(PREFIX, GROUP)
 
-    async def straggle(late: RolloutDocument) -> None:
+    async def straggle(late: RolloutDocument, listening: asyncio.Event) -> None:
         config = MqttConfig(host="127.0.0.1", port=mosquitto.port)
         async with BrokerSession(config) as session, session.subscribe([topic]) as subscription:
+            listening.set()
             async for _, payload in subscription:
                 if payload and parse_rollout(topic, payload).phase == "aborted":
                     late.heartbeat = time.time()
@@ -305,7 +331,9 @@ def test_an_older_drivers_straggling_document_does_not_outlive_an_abort(
             stored = await retained_rollout(mosquitto.port)
             assert stored is not None
             late = stored.model_copy(deep=True)
-            injected = asyncio.create_task(straggle(late))
+            listening = asyncio.Event()
+            injected = asyncio.create_task(straggle(late, listening))
+            await listening.wait()
             doc, lines = await abort(mosquitto.port, stored)
             await asyncio.wait_for(injected, 10)
             assert doc.phase == "aborted", lines

@@ -260,24 +260,35 @@ def test_an_absent_entry_removes_the_module_and_clearing_it_brings_the_group_bac
             await node.until_report(lambda r: state(r) == (f"group:{GROUP}", "converged", None))
             assert node.running("faulty") == "1.1.0"
 
-            # The node's absent entry wins over the group's: removed, and said so.
-            absent = desired_payload(node_topic, 1, [{"name": "faulty", "absent": True}])
+            # A version whose registry does not answer: pending, retried by the supply.
+            nowhere = f"127.0.0.1:{free_port()}/edge/faulty:1.2.0"
+            await node.publish(
+                node_topic, desired_payload(node_topic, 1, [entry("faulty", nowhere)])
+            )
+            await node.until_report(lambda r: state(r) == ("node", "pending", None))
+            supply = node.agent.versions.supply
+            assert [d.status for d in supply.desired() if d.ref == nowhere] == ["pending"]
+
+            # The node's absent entry wins over the group's: removed, and said so; the
+            # supply will not install the pending version once its registry is back.
+            absent = desired_payload(node_topic, 2, [{"name": "faulty", "absent": True}])
             await node.publish(node_topic, absent)
             report = await node.until_report(lambda r: state(r) == ("node", "converged", True))
             assert node.running("faulty") is None
             assert [m.name for m in report.modules if m.name == "faulty"] == []
+            assert [d.status for d in supply.desired() if d.ref == nowhere] == ["cancelled"]
 
-            # A module from a local path is not the supply's to remove: failed, and why.
+            # A module of the config file is the file's to remove: failed, and why.
             stats_absent = {"name": "stats", "absent": True}
             absent = desired_payload(
-                node_topic, 2, [{"name": "faulty", "absent": True}, stats_absent]
+                node_topic, 3, [{"name": "faulty", "absent": True}, stats_absent]
             )
             await node.publish(node_topic, absent)
             report = await node.until_report(
                 lambda r: any(w.name == "stats" and w.state == "failed" for w in r.desired)
             )
             (failed,) = [w for w in report.desired if w.name == "stats"]
-            assert "runs from a local path" in (failed.reason or "")
+            assert "is in the config file's [[modules]]" in (failed.reason or "")
             assert node.running("stats") is not None
 
         # A restart does not bring it back.
