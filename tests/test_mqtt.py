@@ -410,3 +410,45 @@ def test_a_suback_refuses_by_failure_code_and_a_short_one_refuses_all() -> None:
     assert refused(["a", "b", "c"], [1, 0x80, 0]) == ["b"]
     assert refused(["a", "b"], [granted, denied]) == ["b"]
     assert refused(["a", "b"], [1]) == ["a", "b"]
+
+
+def test_a_connection_dropped_right_after_connack_fails_the_connect_and_logs_nothing() -> None:
+    """aiomqtt drops the error of a connection lost while it finishes connecting: the
+    client said connected with no connection, and asyncio logged "Future exception was
+    never retrieved" (seen in agent logs after a cluster's broker node died)."""
+    reported: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+
+        dropped = asyncio.Event()
+
+        async def accept_then_drop(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await reader.read(1024)  # the CONNECT
+            writer.write(b"\x20\x02\x00\x00")  # CONNACK: accepted
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+            dropped.set()
+
+        server = await asyncio.start_server(accept_then_drop, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            # Whether the close reaches the client before its connect returns (nearly
+            # always: CONNACK and close come in one read) or after, nothing is logged.
+            try:
+                async with new_client(mqtt_config(port, "3.1.1"), "dropped-test"):
+                    await dropped.wait()
+            except aiomqtt.MqttError as err:
+                assert "right after its CONNACK" in str(err)  # noqa: PT017
+            await dropped.wait()
+            gc.collect()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+    assert [m for m in reported if "never retrieved" in m] == []

@@ -36,24 +36,31 @@ class _HungUp(aiomqtt.MqttError):
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, with two gaps of its connect closed (private to aiomqtt and
-    paho, whose majors are pinned):
+    """aiomqtt's client, with three gaps closed (private to aiomqtt and paho, whose
+    majors are pinned):
 
     - a broker that closes the connection before its CONNACK (not MQTT on that port,
       TLS expected, a refusal without CONNACK) fails the connect at once; aiomqtt
       ignores that disconnect and waits out its whole timeout, then says "timed out";
+    - one that closes it right after its CONNACK fails the connect too: aiomqtt
+      replaces the lost connection's error with a fresh future once connected, so the
+      client would say connected with no connection, and asyncio would log "Future
+      exception was never retrieved" (a cluster's broker node does this as it dies);
     - a connect that failed after the TCP connect closes its socket, which aiomqtt
       leaves open for the garbage collector.
     """
 
     async def __aenter__(self) -> Self:
         try:
-            return await super().__aenter__()
+            await super().__aenter__()
+            if not self._client.is_connected():
+                raise _HungUp("the broker closed the connection right after its CONNACK")
         except aiomqtt.MqttReentrantError:
             raise  # connected already, and staying so
         except BaseException:
             self._client._sock_close()
             raise
+        return self
 
     def _on_disconnect(self, *args: Any, **kwargs: Any) -> None:
         if not self._connected.done():
@@ -62,6 +69,11 @@ class _Client(aiomqtt.Client):
             )
             return
         super()._on_disconnect(*args, **kwargs)
+        lost = self._disconnected
+        if lost.done() and not lost.cancelled():
+            # Marked retrieved: whoever awaits it still gets the error, and when aiomqtt
+            # drops it (lost while connecting) asyncio has nothing to log.
+            lost.exception()
 
 
 def new_client(
