@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 _RETRY_MIN_S = 2.0
 _RETRY_MAX_S = 60.0
 """Backoff of a module whose registry was unreachable (the supply retries on its own too)."""
+_SETTLE_S = 5.0
+"""How long the first merge waits for the documents it applied before the restart."""
 
 
 @dataclass
@@ -82,6 +84,11 @@ class DesiredFollower:
         self._wanted: dict[str, Wanted] = {}
         self._wake = asyncio.Event()
         self._retries = 0
+        self._heard: set[str] = set()
+        """Topics heard from since the start, a document, a refused one or a clearing."""
+        self.changed = asyncio.Event()
+        """Set at every decision and every document taken or refused: the report goes out
+        then, not at its next check, since a rollout's waves wait for it."""
 
     def topics(self) -> list[str]:
         return [topic for _, topic in self._layers]
@@ -95,6 +102,7 @@ class DesiredFollower:
         }
 
     async def on_message(self, topic: str, payload: bytes) -> None:
+        self._heard.add(topic)
         try:
             document = parse_desired(topic, payload, self._verifier)
             if document is not None:
@@ -102,6 +110,8 @@ class DesiredFollower:
         except DesiredStateError as err:
             log.warning("desired state refused: %s", err)
             self._errors[topic] = str(err)
+            self.changed.set()
+            self._wake.set()  # heard from, for `_settle`; the merge is the same
             return
         self._errors.pop(topic, None)
         if document is None:
@@ -122,6 +132,7 @@ class DesiredFollower:
             )
 
     async def run(self, versions: ModuleVersions) -> None:
+        await self._settle()
         while True:
             if self._pending():
                 delay = min(_RETRY_MAX_S, _RETRY_MIN_S * 2**self._retries)
@@ -141,6 +152,20 @@ class DesiredFollower:
             for wanted in self._wanted.values():
                 await self._converge(versions, wanted)
 
+    async def _settle(self) -> None:
+        """Before the first merge, the retained document of every topic one was applied
+        from before the restart, up to `_SETTLE_S` after the first arrives: a merge
+        without the node's own layer would deploy the group's version it overrides, then
+        its own again, at every restart (a node restarting mid-rollout, say)."""
+        expected = {topic for _, topic in self._layers if topic in self._revisions}
+        await self._wake.wait()  # connected: the retained documents are on their way
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SETTLE_S):
+                while not expected <= self._heard:
+                    self._wake.clear()
+                    await self._wake.wait()
+        self._wake.set()
+
     def _pending(self) -> bool:
         return any(o.state == "pending" for o in self._outcomes.values())
 
@@ -157,7 +182,9 @@ class DesiredFollower:
                 return
         elif outcome is not None and outcome.state == "pending" and outcome.entry["ref"]:
             # The supply retries a deploy its registry did not answer: not this one now.
-            supply.cancel(outcome.entry["ref"], outcome.entry["digest"], "desired state changed")
+            await supply.cancel(
+                outcome.entry["ref"], outcome.entry["digest"], "desired state changed"
+            )
         if module.ref is None:  # absent: every other entry has a ref
             await self._remove(versions, name, entry)
             return
@@ -248,6 +275,7 @@ class DesiredFollower:
             log.info("desired module %s converged on %s", name, outcome.digest or "absent")
         self._outcomes[name] = outcome
         self._save()
+        self.changed.set()
 
     def _load(self) -> None:
         try:

@@ -127,26 +127,41 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
         key = _request_key(ref, digest)
         async with self._lock:
             self._state.want(key, allow_downgrade)
-            try:
-                installed, changed = await self._install(key, allow_downgrade)
-            except RegistryUnavailable as err:
-                self._state.settle(key, "pending", str(err))
-                self._pending.set()
-                raise
-            except AgentError as err:
-                self._state.settle(key, "failed", str(err))
-                raise
-            finally:
-                self._collect()
-            self._state.settle(key, "done")
+            installed, changed = await self._try(key, allow_downgrade)
         if changed:
             await self._runner.activate(installed)
         return installed
 
-    def cancel(self, ref: str, digest: str | None, reason: str) -> None:
+    async def cancel(self, ref: str, digest: str | None, reason: str) -> None:
         """Drop a deploy of `ref` left pending (its registry unreachable), so that `run`
-        does not install it later: what asked for it wants something else now."""
-        self._state.cancel(_request_key(ref, digest), reason)
+        does not install it later: what asked for it wants something else now. Waits for
+        a try in progress, so that try cannot leave it pending again."""
+        async with self._lock:
+            self._state.cancel(_request_key(ref, digest), reason)
+
+    async def _retry(self, wanted: DesiredState) -> None:
+        async with self._lock:
+            if not self._state.is_pending(wanted.ref):
+                return  # cancelled or done since `run` listed it
+            installed, changed = await self._try(wanted.ref, wanted.allow_downgrade)
+        if changed:
+            await self._runner.activate(installed)
+
+    async def _try(self, key: str, allow_downgrade: bool) -> tuple[InstalledModule, bool]:
+        """One try at a request, under the lock: its outcome settled in the state DB."""
+        try:
+            installed, changed = await self._install(key, allow_downgrade)
+        except RegistryUnavailable as err:
+            self._state.settle(key, "pending", str(err))
+            self._pending.set()
+            raise
+        except AgentError as err:
+            self._state.settle(key, "failed", str(err))
+            raise
+        finally:
+            self._collect()
+        self._state.settle(key, "done")
+        return installed, changed
 
     async def _install(self, key: str, allow_downgrade: bool) -> tuple[InstalledModule, bool]:
         ref = parse_reference(key)
@@ -251,7 +266,7 @@ class Supply(contextlib.AbstractAsyncContextManager["Supply"]):
             self._pending.clear()
             for wanted in self._state.desired("pending"):
                 try:
-                    await self.deploy(wanted.ref, allow_downgrade=wanted.allow_downgrade)
+                    await self._retry(wanted)
                     attempt = 0
                 except RegistryUnavailable as err:
                     log.info("deploy %s: registry unreachable, will retry: %s", wanted.ref, err)

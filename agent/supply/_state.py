@@ -108,6 +108,10 @@ class StateDB:
                 (reason, time.time(), ref),
             )
 
+    def is_pending(self, ref: str) -> bool:
+        row = self._db.execute("SELECT status FROM desired WHERE ref = ?", (ref,)).fetchone()
+        return row is not None and row[0] == "pending"
+
     def desired(self, status: str | None = None) -> list[DesiredState]:
         rows = self._db.execute(
             "SELECT ref, allow_downgrade, status, reason FROM desired"
