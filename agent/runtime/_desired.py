@@ -86,9 +86,6 @@ class DesiredFollower:
         self._retries = 0
         self._heard: set[str] = set()
         """Topics heard from since the start, a document, a refused one or a clearing."""
-        self.changed = asyncio.Event()
-        """Set at every decision and every document taken or refused: the report goes out
-        then, not at its next check, since a rollout's waves wait for it."""
 
     def topics(self) -> list[str]:
         return [topic for _, topic in self._layers]
@@ -110,7 +107,6 @@ class DesiredFollower:
         except DesiredStateError as err:
             log.warning("desired state refused: %s", err)
             self._errors[topic] = str(err)
-            self.changed.set()
             self._wake.set()  # heard from, for `_settle`; the merge is the same
             return
         self._errors.pop(topic, None)
@@ -275,7 +271,6 @@ class DesiredFollower:
             log.info("desired module %s converged on %s", name, outcome.digest or "absent")
         self._outcomes[name] = outcome
         self._save()
-        self.changed.set()
 
     def _load(self) -> None:
         try:

@@ -1,7 +1,6 @@
 """The node's retained report: what `edge-agent fleet status` and rollouts read of it.
 
-Checked every second and at once when desired state decides something (a rollout's
-wave waits for it), published (retained, QoS 1, past the outbox: only the latest
+Checked every second, published (retained, QoS 1, past the outbox: only the latest
 matters) when it changes, on every new connection and at least every
 `fleet.report_interval_s`, so that a fleet at rest costs one message per node per
 interval. Counters that move on their own (polls, invocations) are left out of it for
@@ -11,7 +10,6 @@ that reason; `edge-agent status` has them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -76,8 +74,6 @@ class Reporter:
         sent_at = 0.0
         session = -1
         while True:
-            if self._follower is not None:
-                self._follower.changed.clear()  # what changed from here is in this report
             status = self._link.status()
             if status.connected:
                 report = self.report()
@@ -90,12 +86,4 @@ class Reporter:
                         log.debug("report not sent: %s", err)
                     else:
                         last, sent_at, session = report, now, status.reconnects
-            await self._next_check()
-
-    async def _next_check(self) -> None:
-        if self._follower is None:
             await asyncio.sleep(CHECK_S)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(CHECK_S):
-                await self._follower.changed.wait()

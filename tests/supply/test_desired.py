@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -140,7 +141,11 @@ def entry(name: str, ref: str, **more: Any) -> dict[str, Any]:
 
 
 def test_a_node_converges_on_its_groups_and_its_own_document_and_reports_why_it_differs(
-    tmp_path: Path, mosquitto: Mosquitto, registry: Registry, keys: KeyPair
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    registry: Registry,
+    keys: KeyPair,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = node_config(tmp_path, mosquitto, registry, [keys.public])
     group_topic = desired_topic("edge", group=GROUP)
@@ -217,16 +222,27 @@ def test_a_node_converges_on_its_groups_and_its_own_document_and_reports_why_it_
             assert "is not signed" in (other.reason or "")
             assert node.running("faulty") == "1.2.0"
 
-        # A restart keeps the decisions: revision 9 is not taken twice, nothing redeployed.
-        async with running(config, mosquitto) as node:
-            report = await node.until_report(lambda r: len(r.desired) == 2)
-            assert node.running("faulty") == "1.2.0"
-            assert {w.name: w.state for w in report.desired} == {
-                "faulty": "converged",
-                "other": "failed",
-            }
+        await restart_keeps_the_decisions(config, mosquitto, caplog)
 
     asyncio.run(scenario())
+
+
+async def restart_keeps_the_decisions(
+    config: AgentConfig, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revision 9 is not taken twice and nothing is redeployed, not even the group's 1.1.0
+    for a moment before the node's own document arrives."""
+    caplog.clear()
+    caplog.set_level(logging.INFO, "agent.runtime._desired")
+    async with running(config, mosquitto) as node:
+        report = await node.until_report(lambda r: len(r.desired) == 2)
+        assert node.running("faulty") == "1.2.0"
+        assert {w.name: w.state for w in report.desired} == {
+            "faulty": "converged",
+            "other": "failed",
+        }
+    decided = [r.getMessage() for r in caplog.records if r.name == "agent.runtime._desired"]
+    assert [m for m in decided if "converged on" in m] == [], decided
 
 
 def test_an_absent_entry_removes_the_module_and_clearing_it_brings_the_group_back(
