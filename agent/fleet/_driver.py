@@ -20,7 +20,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from agent.errors import DesiredStateError, RolloutError
+from agent.errors import DesiredStateError
 from agent.fleet._documents import DesiredModule, desired_topic, rollout_topic
 from agent.fleet._edit import Edit, Signer
 from agent.fleet._progress import RolloutDocument, parse_rollout
@@ -82,15 +82,12 @@ class _Driver:
         self._written: dict[str, object] | None = None
         self._sent: dict[str, float] = {}
         """When each node document was last published."""
-        self._took_over = False
-        """The retained document was another driver's when this one started."""
 
     async def run(self) -> RolloutDocument:
         topics = watched_topics(self._rollout.prefix, self._doc.group)
         async with self._session.subscribe(topics) as subscription:
             for item in subscription.retained.items():
                 self._view.update(*item)
-            self._took_over = self._taking_over()
             pump = asyncio.create_task(self._pump(subscription))
             try:
                 while True:
@@ -188,20 +185,10 @@ class _Driver:
         else:
             self._doc.heartbeat = 0.0
 
-    def _taking_over(self) -> bool:
-        payload = self._view.rollouts.get(self._doc.group)
-        if not payload:
-            return False
-        try:
-            stored = parse_rollout(self._topic, payload)
-        except RolloutError:
-            return False
-        return stored.id == self._doc.id and stored.lease != self._doc.lease
-
     async def _linger(self, pump: asyncio.Task[None]) -> None:
         """After a takeover, answer an older driver's straggling document with ours for
         `LINGER_S`, so that the rollout's last word stays retained."""
-        if not self._took_over:
+        if not self._doc.taken_over:
             return
         until = self._clock() + LINGER_S
         while not pump.done() and self._rival is None:

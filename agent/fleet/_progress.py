@@ -105,6 +105,11 @@ class RolloutDocument(_Record):
     def active(self) -> bool:
         return self.phase in ACTIVE_PHASES
 
+    @property
+    def taken_over(self) -> bool:
+        """Its driver took it from another (`resume`, `abort`) rather than starting it."""
+        return self.leased > self.started
+
     def wave_nodes(self, wave: int) -> list[str]:
         return [n for n, p in self.nodes.items() if p.wave == wave]
 

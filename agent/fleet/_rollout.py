@@ -21,6 +21,7 @@ from agent.fleet._documents import (
     DesiredDocument,
     DesiredModule,
     Report,
+    ReportModule,
     ReportWanted,
     desired_topic,
 )
@@ -387,19 +388,21 @@ def _wanted(report: Report | None, module: str) -> ReportWanted | None:
     return next((w for w in report.desired if w.name == module), None)
 
 
+def _listed(report: Report | None, module: str) -> ReportModule | None:
+    if report is None:
+        return None
+    return next((m for m in report.modules if m.name == module), None)
+
+
 def _installed_digest(report: Report | None, module: str) -> str | None:
     """The version the node has of `module`, running or not (failed, restarting): what
     a halt puts back. Only a node that lists no version gets `absent`."""
-    if report is None:
-        return None
-    listed = next((m for m in report.modules if m.name == module), None)
+    listed = _listed(report, module)
     if listed is None or listed.digest is None or not re.match(DIGEST_PATTERN, listed.digest):
         return None  # none, or none a pin could name (a local file; a broken report)
     return listed.digest
 
 
 def _running_digest(report: Report | None, module: str) -> str | None:
-    if report is None:
-        return None
-    running = next((m for m in report.modules if m.name == module), None)
+    running = _listed(report, module)
     return running.digest if running is not None and running.state == "running" else None
