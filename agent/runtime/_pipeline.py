@@ -240,6 +240,11 @@ class Pipeline:
                     await self._enqueue(stage, item)
             missed += len(batch)
             after = batch[-1][0]
+        head = self._journal.head
+        if stage.cursor is not None and head > stage.queued_up_to:
+            # Other devices' entries up to here: passed once the module's own are done,
+            # as live ones are (`on_reading`), or nothing later would move the cursor.
+            stage.cursor.skip(head)
         stage.live = True
         if missed:
             log.info(
